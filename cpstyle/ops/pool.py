@@ -1,0 +1,32 @@
+"""Max-pool 2x2, stride 2, floor for odd sizes (PyTorch's convention).
+
+Ties go to the first maximum in row-major order inside the window: window slot
+k = 2*dy + dx, and argmax returns the first maximal slot. Backward scatters dy
+to the argmax; the cropped last row/column (odd sizes) gets zero.
+Kernels: kernels/pool.cu. Tests: tests/test_pool.py."""
+from ..backend import get_array_module
+
+
+def maxpool_forward_cpu(x):
+    """x (N, H, W, C) -> y (N, H//2, W//2, C), cache = (argmax uint8, x.shape)."""
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    ho, wo = h // 2, w // 2
+    win = x[:, :2 * ho, :2 * wo, :].reshape(n, ho, 2, wo, 2, c)
+    win = win.transpose(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, c, 4)
+    arg = win.argmax(axis=-1).astype(xp.uint8)  # (N, Ho, Wo, C)
+    y = xp.take_along_axis(win, arg[..., None].astype(xp.intp), axis=-1)[..., 0]
+    return xp.ascontiguousarray(y), (arg, x.shape)
+
+
+def maxpool_backward_cpu(dout, cache):
+    """dout (N, Ho, Wo, C) -> dx (N, H, W, C)."""
+    xp = get_array_module(dout)
+    arg, shape = cache
+    n, h, w, c = shape
+    ho, wo = h // 2, w // 2
+    slots = (arg[..., None] == xp.arange(4, dtype=xp.uint8)) * dout[..., None]  # (N,Ho,Wo,C,4)
+    slots = slots.reshape(n, ho, wo, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    dx = xp.zeros(shape, dtype=dout.dtype)
+    dx[:, :2 * ho, :2 * wo, :] = slots.reshape(n, 2 * ho, 2 * wo, c)
+    return dx

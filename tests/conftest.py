@@ -1,0 +1,46 @@
+import os
+
+import numpy as np
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CuPy and a CUDA device")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "weights: needs the real VGG-16 weights file")
+
+
+def _gpu_ok():
+    try:
+        from cpstyle.backend import gpu_available
+        return gpu_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu = _gpu_ok()
+    skip = pytest.mark.skip(reason="no CuPy / CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def weights_path():
+    from cpstyle.weights import default_path
+    p = default_path()
+    if not os.path.exists(p):
+        pytest.skip(f"real VGG-16 weights not at {p} (run `cpstyle weights fetch`)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def vgg_cpu(weights_path):
+    from cpstyle import VGG16
+    return VGG16.load(device="cpu", path=weights_path)

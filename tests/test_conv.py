@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from cpstyle.ops.conv import conv_backward_cpu, conv_forward_cpu, im2col_cpu
+from gradcheck import assert_close, directional_check
+
+
+def direct_conv(x, w, b):
+    """Plain 3x3 'same' convolution in float64, loops over the 9 taps only."""
+    n, h, wd, cin = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = np.zeros((n, h, wd, w.shape[3])) + b
+    for ky in range(3):
+        for kx in range(3):
+            y += np.einsum("nhwc,cd->nhwd", xp[:, ky:ky + h, kx:kx + wd], w[ky, kx])
+    return np.maximum(y, 0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (1, 7, 5, 3), (2, 9, 4, 5), (1, 33, 17, 2)])
+def test_conv_forward_matches_direct(shape, rng):
+    cout = 4
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((3, 3, shape[3], cout))
+    b = rng.standard_normal(cout)
+    y, _ = conv_forward_cpu(x, w, b)
+    assert_close(y, direct_conv(x, w, b), atol=1e-12, rtol=1e-12, what="conv forward")
+
+
+def test_im2col_layout(rng):
+    x = rng.standard_normal((1, 3, 4, 2))
+    cols = im2col_cpu(x).reshape(1, 3, 4, 3, 3, 2)
+    # centre tap is the pixel itself; top-left tap of pixel (0, 0) is padding
+    assert np.array_equal(cols[:, :, :, 1, 1, :], x)
+    assert np.all(cols[0, 0, 0, 0, 0] == 0)
+    assert np.array_equal(cols[0, 2, 3, 0, 0], x[0, 1, 2])
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7, 3), (2, 4, 3, 6), (1, 1, 9, 2)])
+def test_conv_backward_gradcheck(shape, rng):
+    cout = 5
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((3, 3, shape[3], cout))
+    b = rng.standard_normal(cout) * 0.5
+    y, cache = conv_forward_cpu(x, w, b)
+    r = rng.standard_normal(y.shape)
+    dx = conv_backward_cpu(r, cache)
+    err = directional_check(lambda z: float(np.sum(conv_forward_cpu(z, w, b)[0] * r)), dx, x, rng)
+    assert err < 1e-6, f"relative error {err:.3g}"
+
+
+def test_conv_float32_keeps_dtype(rng):
+    x = rng.standard_normal((1, 5, 5, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    y, cache = conv_forward_cpu(x, w, b)
+    assert y.dtype == np.float32
+    assert conv_backward_cpu(y, cache).dtype == np.float32

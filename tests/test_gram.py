@@ -1,0 +1,17 @@
+import numpy as np
+import pytest
+
+from cpstyle.ops.gram import gram_backward_cpu, gram_forward_cpu
+from gradcheck import assert_close, directional_check
+
+
+@pytest.mark.parametrize("norm", [1.0, 1.0 / 35])
+def test_gram_forward_and_gradcheck(norm, rng):
+    x = rng.standard_normal((2, 5, 7, 3))
+    g, cache = gram_forward_cpu(x, norm)
+    f = x.reshape(2, 35, 3)
+    assert_close(g, np.einsum("npc,npd->ncd", f, f) * norm, 1e-12, 1e-12, "gram")
+    r = rng.standard_normal(g.shape)  # not symmetric: checks the dG + dGᵀ form
+    dx = gram_backward_cpu(r, cache)
+    err = directional_check(lambda z: float(np.sum(gram_forward_cpu(z, norm)[0] * r)), dx, x, rng)
+    assert err < 1e-6, f"relative error {err:.3g}"
