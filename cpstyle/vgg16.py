@@ -1,0 +1,98 @@
+"""VGG-16's conv layers as a differentiable function of the input pixels.
+
+forward(x, tap_ids) runs pre-processing and the conv/pool stack only as deep as
+the deepest requested tap and returns the taps (post-ReLU outputs) and a cache;
+backward(dtaps, cache) sends tap gradients back to the input pixels. Only the
+ReLU outputs (for the masks), the pool argmaxes and the weights are kept.
+
+The net's shape is data (channel counts from the weights, pools after layers
+1, 3, 6, 9), so tests can run the same code on a small random VGG-like stack.
+Tests: tests/test_vgg16.py."""
+import numpy as np
+
+from . import layers
+from .backend import get_array_module, resolve_device, to_device, xp_for
+from .ops.conv import conv_backward_cpu, conv_forward_cpu, flip_kernel
+from .ops.pool import maxpool_backward_cpu, maxpool_forward_cpu
+from .ops.preprocess import (preprocess_backward_cpu, preprocess_forward_cpu,
+                             preprocess_params)
+
+
+class VGG16:
+    """params: list of (kernel (3,3,Cin,Cout), bias (Cout,)) for conv1_1..conv5_3
+    (or fewer layers for a truncated stack)."""
+
+    def __init__(self, params, preprocessing="torch", mean=(0.485, 0.456, 0.406),
+                 std=(0.229, 0.224, 0.225), device="cpu", dtype=np.float32):
+        self.device = resolve_device(device)
+        self.xp = xp_for(self.device)
+        self.dtype = np.dtype(dtype)
+        self.preprocessing = preprocessing
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.kernels = [to_device(w, self.xp, self.dtype) for w, _ in params]
+        self.biases = [to_device(b, self.xp, self.dtype) for _, b in params]
+        self.kernels_flipped = [flip_kernel(w) for w in self.kernels]
+        scale, shift, self.bgr = preprocess_params(preprocessing, mean, std)
+        self.scale = self.xp.asarray(scale, dtype=self.dtype)
+        self.shift = self.xp.asarray(shift, dtype=self.dtype)
+
+    @classmethod
+    def load(cls, device="auto", path=None, dtype=np.float32):
+        """The real ImageNet weights from the cache (cpstyle.weights)."""
+        from . import weights
+        wts = weights.load(path)
+        return cls(wts.layers, preprocessing=wts.preprocessing, mean=wts.mean,
+                   std=wts.std, device=device, dtype=dtype)
+
+    @property
+    def num_layers(self):
+        return len(self.kernels)
+
+    def to(self, device, dtype=None):
+        """The same weights on another device/dtype."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        if resolve_device(device) == self.device and dtype == self.dtype:
+            return self
+        params = list(zip(self.kernels, self.biases))
+        return VGG16(params, self.preprocessing, self.mean, self.std, device, dtype)
+
+    def forward(self, x, tap_ids):
+        """x (N, H, W, 3) in 0..255 -> ({id: tap (N, h, w, C)}, cache)."""
+        tap_ids = sorted(set(tap_ids))
+        if tap_ids[-1] >= self.num_layers:
+            raise ValueError(f"layer id {tap_ids[-1]} is beyond this net's "
+                             f"{self.num_layers} conv layers")
+        h = preprocess_forward_cpu(x, self.scale, self.shift, self.bgr)
+        caches, taps = [], {}
+        for i in range(tap_ids[-1] + 1):
+            h, conv_cache = conv_forward_cpu(h, self.kernels[i], self.biases[i])
+            if i in tap_ids:
+                taps[i] = h
+            pool_cache = None
+            if i in layers.POOL_AFTER and i < tap_ids[-1]:
+                h, pool_cache = maxpool_forward_cpu(h)
+            caches.append((conv_cache, pool_cache))
+        return taps, caches
+
+    def backward(self, dtaps, caches):
+        """{id: dL/dtap} -> dL/dx (N, H, W, 3)."""
+        dh = None
+        for i in range(len(caches) - 1, -1, -1):
+            conv_cache, pool_cache = caches[i]
+            if pool_cache is not None:
+                dh = maxpool_backward_cpu(dh, pool_cache)
+            if i in dtaps:
+                dh = dtaps[i] if dh is None else dh + dtaps[i]
+            dh = conv_backward_cpu(dh, conv_cache, self.kernels_flipped[i])
+        return preprocess_backward_cpu(dh, self.scale, self.bgr)
+
+
+def random_params(channels, rng, scale=1.0):
+    """Random He-initialised params for a VGG-like stack: channels = [(Cin, Cout), ...]."""
+    params = []
+    for cin, cout in channels:
+        w = rng.standard_normal((3, 3, cin, cout)) * scale * np.sqrt(2.0 / (9 * cin))
+        b = rng.standard_normal(cout) * 0.1
+        params.append((w, b))
+    return params
+

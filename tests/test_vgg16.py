@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from cpstyle import VGG16
+from cpstyle.layers import LAYER_CHANNELS, POOL_AFTER
+from cpstyle.vgg16 import random_params
+from gradcheck import assert_close, directional_check
+
+SMALL = [(3, 4), (4, 4), (4, 5), (5, 5), (5, 6), (6, 6), (6, 6),
+         (6, 7), (7, 7), (7, 7), (7, 5), (5, 5), (5, 4)]
+
+
+def small_vgg(rng, dtype=np.float64):
+    return VGG16(random_params(SMALL, rng), device="cpu", dtype=dtype)
+
+
+def direct_forward(x, params, upto, mean, std):
+    """Tap of layer `upto` by a plain float64 'same' convolution (no im2col)."""
+    h = (x.astype(np.float64) / 255 - np.asarray(mean)) / np.asarray(std)
+    for i in range(upto + 1):
+        w, b = (np.asarray(a, np.float64) for a in params[i])
+        n, hh, ww, _ = h.shape
+        p = np.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        y = np.zeros((n, hh, ww, w.shape[3])) + b
+        for ky in range(3):
+            for kx in range(3):
+                y += np.tensordot(p[:, ky:ky + hh, kx:kx + ww], w[ky, kx], axes=([3], [0]))
+        h = np.maximum(y, 0)
+        if i in POOL_AFTER and i < upto:
+            n, hh, ww, c = h.shape
+            h = h[:, :hh // 2 * 2, :ww // 2 * 2].reshape(n, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))
+    return h
+
+
+def test_backward_gradcheck_through_all_layers_odd_shape(rng):
+    model = small_vgg(rng)
+    x = rng.uniform(0, 255, (1, 17, 23, 3))
+    taps, caches = model.forward(x, [2, 8, 12])
+    assert taps[12].shape == (1, 1, 1, 4)  # 17x23 -> 8x11 -> 4x5 -> 2x2 -> 1x1
+    r = {i: rng.standard_normal(t.shape) for i, t in taps.items()}
+    dx = model.backward(r, caches)
+    f = lambda z: sum(float(np.sum(t * r[i])) for i, t in model.forward(z, [2, 8, 12])[0].items())
+    err = directional_check(f, dx, x, rng, eps=1e-5)
+    assert err < 1e-6, f"relative error {err:.3g}"
+
+
+def test_forward_stops_at_deepest_tap(rng):
+    model = small_vgg(rng)
+    taps, caches = model.forward(rng.uniform(0, 255, (1, 16, 16, 3)), [1, 4])
+    assert sorted(taps) == [1, 4] and len(caches) == 5
+
+
+@pytest.mark.weights
+def test_real_vgg_forward_matches_direct_convolution(vgg_cpu, rng):
+    x = rng.uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    params = list(zip(vgg_cpu.kernels, vgg_cpu.biases))
+    assert [w.shape[2:] for w, _ in params] == list(LAYER_CHANNELS)
+    taps, _ = vgg_cpu.forward(x, [1, 4, 9, 12])
+    for i in (1, 4, 9, 12):
+        ref = direct_forward(x, params, i, vgg_cpu.mean, vgg_cpu.std)
+        scale = np.abs(ref).max()
+        # float32 engine vs float64 direct conv: relative to the tap's magnitude
+        assert_close(taps[i] / scale, ref / scale, atol=1e-5, rtol=1e-5, what=f"tap {i}")
