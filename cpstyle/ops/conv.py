@@ -11,16 +11,36 @@ Backward to the input only (no weight gradients):
 
 because dx[i, j] = Σ_{ky,kx} dz[i+1-ky, j+1-kx] · W[ky, kx]ᵀ.
 Kernels: kernels/conv.cu. Tests: tests/test_conv.py."""
+import threading
+
+import numpy as np
+
 from ..backend import get_array_module
 
+_scratch = threading.local()
 
-def im2col_cpu(x):
+
+def scratch(xp, name, shape, dtype):
+    """A reused buffer for NumPy temporaries (im2col columns): a fresh 100+ MB
+    array each call costs page faults that take as long as filling it. Valid
+    until the next call with the same name on this thread. CuPy has its pool."""
+    if xp is not np:
+        return xp.empty(shape, dtype=dtype)
+    size = int(np.prod(shape))
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = np.empty(size, dtype=dtype)
+        setattr(_scratch, name, buf)
+    return buf[:size].reshape(shape)
+
+
+def im2col_cpu(x, out=None):
     """(N, H, W, C) -> (N*H*W, 9*C), zero padding 1."""
     xp = get_array_module(x)
     n, h, w, c = x.shape
     xpad = xp.zeros((n, h + 2, w + 2, c), dtype=x.dtype)
     xpad[:, 1:-1, 1:-1, :] = x
-    cols = xp.empty((n, h, w, 3, 3, c), dtype=x.dtype)
+    cols = xp.empty((n, h, w, 3, 3, c), dtype=x.dtype) if out is None else out.reshape(n, h, w, 3, 3, c)
     for ky in range(3):
         for kx in range(3):
             cols[:, :, :, ky, kx, :] = xpad[:, ky:ky + h, kx:kx + w, :]
@@ -38,7 +58,8 @@ def conv_forward_cpu(x, w, b):
     xp = get_array_module(x)
     n, h, wd, cin = x.shape
     cout = w.shape[3]
-    y = im2col_cpu(x) @ w.reshape(9 * cin, cout)  # (N*H*W, Cout)
+    cols = im2col_cpu(x, scratch(xp, "cols", (n * h * wd, 9 * cin), x.dtype))
+    y = cols @ w.reshape(9 * cin, cout)  # (N*H*W, Cout)
     y += b
     xp.maximum(y, 0, out=y)
     y = y.reshape(n, h, wd, cout)
@@ -51,8 +72,28 @@ def conv_backward_cpu(dout, cache, wflip=None):
     w, y = cache
     if wflip is None:
         wflip = flip_kernel(w)
+    xp = get_array_module(dout)
     n, h, wd, cout = dout.shape
     cin = w.shape[2]
-    dz = dout * (y > 0)  # ReLU mask
-    dx = im2col_cpu(dz) @ wflip.reshape(9 * cout, cin)  # (N*H*W, Cin)
+    dz = xp.where(y > 0, dout, 0).astype(dout.dtype, copy=False)  # ReLU mask
+    if cin < cout:
+        # Fewer input than output channels (conv1_1: 3 vs 64): scatter
+        # dz·Wᵀ (N*H*W, 9*Cin) back to the pixels (col2im) instead of an
+        # im2col of dz with 9*Cout columns and a GEMM only Cin wide.
+        return col2im_cpu(dz.reshape(-1, cout) @ w.reshape(9 * cin, cout).T, dout.shape[:3])
+    cols = im2col_cpu(dz, scratch(xp, "cols", (n * h * wd, 9 * cout), dz.dtype))
+    dx = cols @ wflip.reshape(9 * cout, cin)  # (N*H*W, Cin)
     return dx.reshape(n, h, wd, cin)
+
+
+def col2im_cpu(cols, nhw):
+    """(N*H*W, 9*C) -> (N, H, W, C): the adjoint of im2col (sums the 9 taps)."""
+    xp = get_array_module(cols)
+    n, h, w = nhw
+    c = cols.shape[1] // 9
+    cols = cols.reshape(n, h, w, 3, 3, c)
+    xpad = xp.zeros((n, h + 2, w + 2, c), dtype=cols.dtype)
+    for ky in range(3):
+        for kx in range(3):
+            xpad[:, ky:ky + h, kx:kx + w, :] += cols[:, :, :, ky, kx, :]
+    return xp.ascontiguousarray(xpad[:, 1:-1, 1:-1, :])
