@@ -1,0 +1,210 @@
+"""The on-device driver (DESIGN.md §6): the tutorial's loop with every buffer
+allocated once and every scalar kept on the GPU.
+
+Per iteration, all on one stream, no host synchronisation:
+
+    h = preprocess(x); taps = conv/pool stack                 (kernels + cuBLAS)
+    losses[0] = Σ_l mean((F_l−P_l)²)/nc,  losses[1] = Σ_l mean((G_l−A_l)²)/ns,
+    losses[2] = TV(x)                                         (two-stage reductions)
+    adj = 1/(losses+1e-10),  coef = weights·adj               (device scalars)
+    dF_l = coef[0]·2(F_l−P_l)/(numel·nc) ;  dG_l = coef[1]·2(G_l−A_l)/(C²·ns)
+    dF_l += 2·F_l·dG_l                                         (G, A symmetric)
+    grad = backward(dF) + coef[2]·∂TV/∂x
+    x = clip(x − grad·step/(std(grad)+1e-8), 0, 255)          (std on device)
+
+The host reads losses only at progress callbacks. Reference: cpstyle/objective.py
+and cpstyle/driver.py (the NumPy path). Tests: tests/test_gpu_engine.py."""
+import contextlib
+import time
+
+import numpy as np
+
+from . import layers
+from .objective import ADJ_EPS, StyleObjective, gram_norm_factor
+
+PRECISIONS = ("fp32", "tf32")
+
+
+@contextlib.contextmanager
+def matmul_precision(precision):
+    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+    from cupy._core import _routines_linalg as linalg
+    old = linalg.get_compute_type(np.float32)
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if precision == "tf32"
+                            else linalg.COMPUTE_TYPE_FP32)
+    try:
+        yield
+    finally:
+        linalg.set_compute_type(np.float32, old)
+
+
+class GpuStyleTransfer:
+    def __init__(self, model, content, style, content_layer_ids, style_layer_ids,
+                 weight_content, weight_style, weight_denoise, gram_norm="none",
+                 precision="fp32"):
+        import cupy as cp
+        from .ops.update import make_update_work
+        if model.device != "gpu":
+            raise ValueError("GpuStyleTransfer needs a model on the GPU")
+        if model.dtype != np.float32:
+            raise ValueError("the GPU engine runs float32 storage")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+        self.precision = precision
+        self.cp, self.model = cp, model
+        with matmul_precision(precision):
+            # Targets once, through the reference path on the device.
+            self.ref = StyleObjective(content, style, content_layer_ids, style_layer_ids,
+                                      weight_content, weight_style, weight_denoise,
+                                      model=model, gram_norm=gram_norm)
+        ref = self.ref
+        self.content_ids, self.style_ids = ref.content_ids, ref.style_ids
+        self.depth = ref.tap_ids[-1] + 1
+        h, w, _ = ref.shape
+        f32 = np.float32
+        self.x = cp.empty((1, h, w, 3), f32)
+        self.grad = cp.empty_like(self.x)
+        self.prev_x = cp.empty_like(self.x)
+        self.h0 = cp.empty_like(self.x)      # pre-processed input
+        self.dh0 = cp.empty_like(self.x)     # its gradient
+        self.acts, self.pooled, self.argmax = [], [], []
+        self.gact, self.gin = [], []         # dL/d(conv output), dL/d(conv input)
+        cols = 0
+        hh, ww = h, w
+        for i in range(self.depth):
+            cin, cout = model.kernels[i].shape[2:]
+            self.acts.append(cp.empty((1, hh, ww, cout), f32))
+            self.gact.append(cp.empty((1, hh, ww, cout), f32))
+            self.gin.append(cp.empty((1, hh, ww, cin), f32))
+            cols = max(cols, hh * ww * 9 * max(cin, cout))
+            if i in layers.POOL_AFTER and i < self.depth - 1:
+                self.pooled.append(cp.empty((1, hh // 2, ww // 2, cout), f32))
+                self.argmax.append(cp.empty((1, hh // 2, ww // 2, cout), np.uint8))
+                hh, ww = hh // 2, ww // 2
+            else:
+                self.pooled.append(None)
+                self.argmax.append(None)
+        self.cols = cp.empty(cols, f32)
+        self.dz = cp.empty(max(a.size for a in self.acts), f32)
+        self.losses = cp.zeros(3, f32)
+        self.adj = cp.zeros(3, f32)
+        self.coef = cp.zeros(3, f32)
+        self.weights = cp.asarray(ref.weights, dtype=f32)
+        nc, ns = len(self.content_ids), len(self.style_ids)
+        self.content = []   # (id, target, tap grad buffer, mse scale, grad k)
+        for i in self.content_ids:
+            p = ref.content_targets[i]
+            self.content.append((i, p, cp.empty_like(p), 1.0 / (p.size * nc), 2.0 / (p.size * nc)))
+        self.style = []     # (id, target, G, dG, dF, norm, mse scale, grad k)
+        for i in self.style_ids:
+            a = ref.style_targets[i]
+            c = a.shape[-1]
+            norm = gram_norm_factor(gram_norm, self.acts[i].shape)
+            self.style.append((i, a, cp.empty_like(a), cp.empty_like(a),
+                               cp.empty_like(self.acts[i]), norm,
+                               1.0 / (c * c * ns), 2.0 / (c * c * ns)))
+        self.partial = cp.empty(4096, np.float64)
+        self.update_work = make_update_work(self.x.size)
+        self.step_size = None
+
+    def _cols(self, rows, width):
+        return self.cols[:rows * width].reshape(rows, width)
+
+    def iteration(self, step_size):
+        """One step of the loop; enqueues kernels only."""
+        from .ops.conv import conv_backward_gpu, conv_forward_gpu
+        from .ops.gram import gram_forward_gpu
+        from .ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
+                               denoise_sum_gpu, mse_sum_gpu, scaled_diff_gpu)
+        from .ops.pool import maxpool_backward_gpu, maxpool_forward_gpu
+        from .ops.preprocess import preprocess_backward_gpu, preprocess_forward_gpu
+        from .ops.update import update_gpu_inplace
+        cp, m = self.cp, self.model
+        preprocess_forward_gpu(self.x, m.scale, m.shift, m.bgr, out=self.h0)
+        h = self.h0
+        for i in range(self.depth):
+            rows = h.shape[1] * h.shape[2]
+            conv_forward_gpu(h, m.kernels[i], m.biases[i], out=self.acts[i],
+                             cols=self._cols(rows, 9 * h.shape[3]))
+            h = self.acts[i]
+            if self.pooled[i] is not None:
+                maxpool_forward_gpu(h, out=self.pooled[i], argmax=self.argmax[i])
+                h = self.pooled[i]
+        # losses and adj weights, on the device
+        for k, (i, p, _, scale, _) in enumerate(self.content):
+            mse_sum_gpu(self.acts[i], p, self.losses[0:1], scale, accumulate=k > 0,
+                        partial=self.partial)
+        for k, (i, a, g, _, _, norm, scale, _) in enumerate(self.style):
+            gram_forward_gpu(self.acts[i], norm, out=g)
+            mse_sum_gpu(g, a, self.losses[1:2], scale, accumulate=k > 0, partial=self.partial)
+        denoise_sum_gpu(self.x, self.losses[2:3], partial=self.partial)
+        adj_weights_gpu(self.losses, self.weights, adj=self.adj, coef=self.coef)
+        # tap gradients, scaled by the adj weights before one backward pass
+        dtaps = {}
+        for i, p, d, _, k in self.content:
+            dtaps[i] = scaled_diff_gpu(self.acts[i], p, self.coef[0:1], k, out=d)
+        for i, a, g, dg, df, norm, _, k in self.style:
+            # dL/dF = norm·F·(dG + dGᵀ) = 2·norm·F·dG: G and A are symmetric
+            scaled_diff_gpu(g, a, self.coef[1:2], 2.0 * norm * k, out=dg)
+            f = self.acts[i].reshape(1, -1, g.shape[-1])
+            cp.matmul(f, dg, out=df.reshape(f.shape))
+            if i in dtaps:
+                dtaps[i] += df
+            else:
+                dtaps[i] = df
+        dh = None
+        for i in range(self.depth - 1, -1, -1):
+            if self.pooled[i] is not None:
+                dh = maxpool_backward_gpu(dh, (self.argmax[i], self.acts[i].shape), out=self.gact[i])
+            if i in dtaps:
+                if dh is None:
+                    dh = dtaps[i]
+                else:
+                    dh += dtaps[i]
+            rows = dh.shape[1] * dh.shape[2]
+            dh = conv_backward_gpu(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
+                                   out=self.gin[i], cols=self._cols(rows, 9 * dh.shape[3]),
+                                   dz=self.dz[:dh.size].reshape(dh.shape))
+        preprocess_backward_gpu(dh, m.scale, m.bgr, out=self.grad)
+        denoise_backward_accumulate_gpu(self.grad, self.x, self.coef[2:3])
+        update_gpu_inplace(self.x, self.grad, step_size, work=self.update_work)
+
+    def evaluate_losses(self):
+        """Forward + losses + adj at the current x (for the last report)."""
+        self.prev_x[...] = self.x
+        self.iteration(1.0)  # computes the losses at x, then moves x: put it back
+        self.x[...] = self.prev_x
+        return self.losses, self.adj
+
+    def run(self, x0, num_iterations, step_size, callback=None, callback_every=10):
+        from .driver import Interrupted
+        cp = self.cp
+        self.x[...] = cp.asarray(x0, dtype=np.float32)[None]
+        t0 = time.perf_counter()
+        it = 0
+        with matmul_precision(self.precision):
+            try:
+                while it < num_iterations:
+                    report = callback is not None and it % callback_every == 0
+                    if report:
+                        self.prev_x[...] = self.x  # device-to-device, no sync
+                    self.iteration(step_size)      # losses/adj: those of x before the step
+                    if report:
+                        self._report(callback, it, num_iterations, t0, self.prev_x[0])
+                    it += 1
+                if callback is not None:
+                    self.evaluate_losses()
+                    self._report(callback, it, num_iterations, t0, self.x[0])
+            except KeyboardInterrupt:
+                raise Interrupted(cp.asnumpy(self.x[0]), it) from None
+        return self.x[0].copy()
+
+    def _report(self, callback, it, n, t0, image):
+        from .driver import LOSS_NAMES, Progress
+        losses = self.cp.asnumpy(self.losses)  # the one sync point
+        adj = self.cp.asnumpy(self.adj)
+        callback(Progress(it, n, dict(zip(LOSS_NAMES, map(float, losses))),
+                          dict(zip(LOSS_NAMES, map(float, adj))), image.copy(),
+                          time.perf_counter() - t0))
