@@ -20,16 +20,21 @@ import time
 import numpy as np
 
 from . import layers
+from .backend import to_host
 from .objective import ADJ_EPS, StyleObjective, gram_norm_factor
 
 PRECISIONS = ("fp32", "tf32")
 
 
 @contextlib.contextmanager
-def matmul_precision(precision):
-    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage)."""
+def matmul_precision(precision, xp=None):
+    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage).
+    A no-op for NumPy (the emulated run of this engine)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+    if xp is np:
+        yield
+        return
     from cupy._core import _routines_linalg as linalg
     old = linalg.get_compute_type(np.float32)
     linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if precision == "tf32"
@@ -44,17 +49,17 @@ class GpuStyleTransfer:
     def __init__(self, model, content, style, content_layer_ids, style_layer_ids,
                  weight_content, weight_style, weight_denoise, gram_norm="none",
                  precision="fp32"):
-        import cupy as cp
         from .ops.update import make_update_work
-        if model.device != "gpu":
-            raise ValueError("GpuStyleTransfer needs a model on the GPU")
+        # A CPU model runs this same engine with NumPy arrays through the kernel
+        # emulator (tests/emulation): the CI check of the on-device driver.
+        cp = model.xp
         if model.dtype != np.float32:
             raise ValueError("the GPU engine runs float32 storage")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
         self.precision = precision
         self.cp, self.model = cp, model
-        with matmul_precision(precision):
+        with matmul_precision(precision, cp):
             # Targets once, through the reference path on the device.
             self.ref = StyleObjective(content, style, content_layer_ids, style_layer_ids,
                                       weight_content, weight_style, weight_denoise,
@@ -106,7 +111,7 @@ class GpuStyleTransfer:
                                cp.empty_like(self.acts[i]), norm,
                                1.0 / (c * c * ns), 2.0 / (c * c * ns)))
         self.partial = cp.empty(4096, np.float64)
-        self.update_work = make_update_work(self.x.size)
+        self.update_work = make_update_work(self.x.size, cp)
         self.step_size = None
 
     def _cols(self, rows, width):
@@ -184,7 +189,7 @@ class GpuStyleTransfer:
         self.x[...] = cp.asarray(x0, dtype=np.float32)[None]
         t0 = time.perf_counter()
         it = 0
-        with matmul_precision(self.precision):
+        with matmul_precision(self.precision, cp):
             try:
                 while it < num_iterations:
                     report = callback is not None and it % callback_every == 0
@@ -198,13 +203,13 @@ class GpuStyleTransfer:
                     self.evaluate_losses()
                     self._report(callback, it, num_iterations, t0, self.x[0])
             except KeyboardInterrupt:
-                raise Interrupted(cp.asnumpy(self.x[0]), it) from None
+                raise Interrupted(to_host(self.x[0]), it) from None
         return self.x[0].copy()
 
     def _report(self, callback, it, n, t0, image):
         from .driver import LOSS_NAMES, Progress
-        losses = self.cp.asnumpy(self.losses)  # the one sync point
-        adj = self.cp.asnumpy(self.adj)
+        losses = to_host(self.losses)  # the one sync point
+        adj = to_host(self.adj)
         callback(Progress(it, n, dict(zip(LOSS_NAMES, map(float, losses))),
                           dict(zip(LOSS_NAMES, map(float, adj))), image.copy(),
                           time.perf_counter() - t0))

@@ -1,0 +1,132 @@
+"""The on-device driver (cpstyle/gpu_engine.py) against the NumPy reference,
+and the proof that an iteration neither synchronises nor copies to the host."""
+import numpy as np
+import pytest
+
+import cpstyle
+from cpstyle import StyleObjective, VGG16
+from cpstyle.driver import initial_image
+from cpstyle.vgg16 import random_params
+from gradcheck import assert_close
+from test_vgg16 import SMALL
+
+pytestmark = pytest.mark.gpu
+
+SPIN = r'''
+extern "C" __global__ void spin_kernel(long long cycles) {
+    long long t0 = clock64();
+    while (clock64() - t0 < cycles) { }
+}'''
+
+
+def models(seed=5):
+    params = random_params(SMALL, np.random.default_rng(seed))
+    return VGG16(params, device="cpu"), VGG16(params, device="gpu")
+
+
+def images(rng, shape=(33, 47)):
+    return (rng.uniform(0, 255, shape + (3,)).astype(np.float32),
+            rng.uniform(0, 255, (29, 38, 3)).astype(np.float32))
+
+
+def make_engine(gpu_model, content, style, precision="fp32", gram_norm="none"):
+    from cpstyle.gpu_engine import GpuStyleTransfer
+    return GpuStyleTransfer(gpu_model, content, style, [4, 9], [0, 3, 5, 12], 1.5, 10.0, 0.3,
+                            gram_norm=gram_norm, precision=precision)
+
+
+@pytest.mark.parametrize("gram_norm", ["none", "hw"])
+def test_one_iteration_matches_reference(gram_norm, rng):
+    import cupy as cp
+    cpu, gpu = models()
+    content, style = images(rng)
+    eng = make_engine(gpu, content, style, gram_norm=gram_norm)
+    ref = StyleObjective(content, style, [4, 9], [0, 3, 5, 12], 1.5, 10.0, 0.3, model=cpu,
+                         gram_norm=gram_norm)
+    x = rng.uniform(0, 255, (1,) + content.shape).astype(np.float32)
+    losses, adj, grad = ref.evaluate(x)
+    eng.x[...] = cp.asarray(x)
+    eng.grad.fill(np.nan)  # poison: every element must be written
+    eng.iteration(10.0)
+    assert_close(eng.losses.get(), losses, atol=0, rtol=2e-4, what="losses")
+    assert_close(eng.adj.get(), adj, atol=0, rtol=2e-4, what="adj")
+    g = grad[0]
+    assert_close(eng.grad.get()[0] / np.abs(g).max(), g / np.abs(g).max(), atol=2e-4, rtol=2e-3,
+                 what="normalised gradient")
+    step = 10.0 / (np.std(g.astype(np.float64)) + 1e-8)
+    assert_close(eng.x.get(), np.clip(x - grad * step, 0, 255), atol=2e-2, rtol=0, what="updated x")
+
+
+def test_20_iterations_match_reference(rng):
+    cpu, gpu = models()
+    content, style = images(rng)
+    kw = dict(content_layer_ids=[4, 9], style_layer_ids=[0, 3, 5, 12], num_iterations=20, seed=11)
+    seen_cpu, seen_gpu = [], []
+    a = cpstyle.style_transfer(content, style, model=cpu, callback=seen_cpu.append, **kw)
+    b = cpstyle.style_transfer(content, style, model=gpu, callback=seen_gpu.append, **kw)
+    assert isinstance(b, np.ndarray) and b.shape == a.shape
+    assert [p.iteration for p in seen_gpu] == [p.iteration for p in seen_cpu] == [0, 10, 20]
+    for pc, pg in zip(seen_cpu, seen_gpu):
+        for k in pc.losses:
+            assert pg.losses[k] == pytest.approx(pc.losses[k], rel=2e-3), (pc.iteration, k)
+    # 20 std-normalised steps of 10 grey levels amplify float32 rounding a little
+    diff = np.abs(a - b)
+    assert diff.mean() < 0.05 and np.percentile(diff, 99) < 1.0, (diff.mean(), diff.max())
+
+
+def test_tf32_stays_close_to_fp32(rng):
+    import cupy as cp
+    _, gpu = models()
+    content, style = images(rng)
+    x = cp.asarray(rng.uniform(0, 255, (1,) + content.shape).astype(np.float32))
+    out = {}
+    for prec in ("fp32", "tf32"):
+        eng = make_engine(gpu, content, style, precision=prec)
+        from cpstyle.gpu_engine import matmul_precision
+        eng.x[...] = x
+        with matmul_precision(prec):
+            eng.iteration(10.0)
+        out[prec] = (eng.losses.get(), eng.grad.get())
+    assert_close(out["tf32"][0], out["fp32"][0], atol=0, rtol=1e-2, what="tf32 losses")
+    g32, gtf = out["fp32"][1], out["tf32"][1]
+    cos = float(np.sum(g32 * gtf) / np.linalg.norm(g32) / np.linalg.norm(gtf))
+    assert cos > 0.99, cos
+
+
+def test_iterations_neither_sync_nor_copy_to_host_nor_allocate(rng):
+    """A kernel that spins for ~2 s is queued first. If anything during the 20
+    iterations synchronised or copied device memory to the host, the host would
+    wait for the spin to end; so the spin must still be running when the 20
+    iterations have been enqueued. CuPy's allocator is wrapped to count calls."""
+    import cupy as cp
+    _, gpu = models()
+    content, style = images(rng)
+    eng = make_engine(gpu, content, style)
+    eng.x[...] = cp.asarray(initial_image(content.shape, 0))[None]
+    eng.iteration(10.0)  # warm-up: compiles kernels, creates the cuBLAS handle
+    cp.cuda.Device().synchronize()
+    pool = cp.get_default_memory_pool()
+    allocs = []
+
+    def counting(nbytes):
+        allocs.append(nbytes)
+        return pool.malloc(nbytes)
+
+    spin = cp.RawKernel(SPIN, "spin_kernel")
+    rate = cp.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1e3  # Hz
+    total_before = pool.total_bytes()
+    cp.cuda.set_allocator(counting)
+    try:
+        spin((1,), (1,), (np.int64(2.0 * rate),))
+        spin_done = cp.cuda.Event()
+        spin_done.record()
+        for _ in range(20):
+            eng.iteration(10.0)
+        still_spinning = not spin_done.done
+    finally:
+        cp.cuda.set_allocator(pool.malloc)
+    cp.cuda.Device().synchronize()
+    assert still_spinning, "the host waited for the GPU during the iterations (a sync or D2H copy)"
+    assert pool.total_bytes() == total_before, "device memory grew during the iterations"
+    assert allocs == [], f"{len(allocs)} allocations during 20 iterations, sizes {sorted(set(allocs))[:10]}"
+    assert np.isfinite(eng.x.get()).all()
