@@ -97,3 +97,77 @@ def col2im_cpu(cols, nhw):
         for kx in range(3):
             xpad[:, ky:ky + h, kx:kx + w, :] += cols[:, :, :, ky, kx, :]
     return xp.ascontiguousarray(xpad[:, 1:-1, 1:-1, :])
+
+
+# ---- GPU path: kernels/conv.cu + the backend's matmul -------------------------
+import numpy as np  # noqa: E402
+
+from .. import cuda  # noqa: E402
+from ..backend import is_gpu_array  # noqa: E402
+
+
+def im2col_gpu(x, out=None):
+    """(N, H, W, C) float32 -> (N*H*W, 9*C), zero padding 1 (im2col_cpu's layout)."""
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    cols = cuda.out_array(xp, out, (n * h * w, 9 * c), what="im2col out")
+    blk = cuda.config["block"]
+    cuda.launch(cuda.get_kernel("conv", "im2col_kernel"), cuda.ceil_div(cols.size, blk), blk,
+                (cols, x, cuda.i32(n), cuda.i32(h), cuda.i32(w), cuda.i32(c)))
+    return cols
+
+
+def conv_forward_gpu(x, w, b, out=None, cols=None):
+    """x (N, H, W, Cin), w (3, 3, Cin, Cout), b (Cout,) float32 -> y (N, H, W, Cout),
+    cache (w, y). `cols`: work buffer of at least N*H*W*9*Cin floats (any shape)."""
+    xp = get_array_module(x)
+    n, h, wd, cin = x.shape
+    cout = w.shape[3]
+    if w.shape != (3, 3, cin, cout) or b.shape != (cout,):
+        raise ValueError(f"conv: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    cols = im2col_gpu(x, out=cuda.work_view(xp, cols, (n * h * wd, 9 * cin), what="cols"))
+    y = cuda.out_array(xp, out, (n, h, wd, cout))
+    y2d = y.reshape(n * h * wd, cout)  # a view: y is C-contiguous
+    xp.matmul(cols, w.reshape(9 * cin, cout), out=y2d)
+    blk = cuda.config["block"]
+    cuda.launch(cuda.get_kernel("conv", "bias_relu_kernel"), cuda.ceil_div(y2d.size, blk), blk,
+                (y2d, b, cuda.i32(n * h * wd), cuda.i32(cout)))
+    return y, (w, y)
+
+
+def conv_backward_gpu(dout, cache, wflip=None, out=None, cols=None, dz=None):
+    """dout (N, H, W, Cout) -> dx (N, H, W, Cin). `wflip` = flip_kernel(w) (made
+    here when None); `cols` (>= N*H*W*9*Cout floats) and `dz` (>= N*H*W*Cout)
+    are work buffers of any shape."""
+    xp = get_array_module(dout)
+    w, y = cache
+    if wflip is None:
+        wflip = flip_kernel(w)
+    n, h, wd, cout = dout.shape
+    cin = w.shape[2]
+    if y.shape != dout.shape or wflip.shape != (3, 3, cout, cin):
+        raise ValueError(f"conv backward: dout {dout.shape}, y {y.shape}, wflip {wflip.shape} do not fit")
+    dz = cuda.work_view(xp, dz, dout.shape, what="dz")
+    blk = cuda.config["block"]
+    cuda.launch(cuda.get_kernel("conv", "relu_backward_kernel"), cuda.ceil_div(dz.size, blk), blk,
+                (dz, dout, y, cuda.i32(dz.size)))  # dz = dout ⊙ [y > 0]
+    cols = im2col_gpu(dz, out=cuda.work_view(xp, cols, (n * h * wd, 9 * cout), what="cols"))
+    dx = cuda.out_array(xp, out, (n, h, wd, cin))
+    xp.matmul(cols, wflip.reshape(9 * cout, cin), out=dx.reshape(n * h * wd, cin))
+    return dx
+
+
+def _on_gpu(*arrays):
+    return all(is_gpu_array(a) and a.dtype == np.float32 for a in arrays)
+
+
+def conv_forward(x, w, b):
+    if _on_gpu(x, w, b):
+        return conv_forward_gpu(x, w, b)
+    return conv_forward_cpu(x, w, b)
+
+
+def conv_backward(dout, cache, wflip=None):
+    if _on_gpu(dout, cache[1]):
+        return conv_backward_gpu(dout, cache, wflip)
+    return conv_backward_cpu(dout, cache, wflip)

@@ -27,3 +27,51 @@ def gram_backward_cpu(dg, cache):
         df *= norm
     return df.reshape(shape)
 
+
+
+# ---- GPU path: the backend's matmul (no kernel of our own) ------------------
+import numpy as np  # noqa: E402
+
+from .. import cuda  # noqa: E402
+from ..backend import is_gpu_array  # noqa: E402
+
+
+def gram_forward_gpu(x, norm=1.0, out=None):
+    """x (N, H, W, C) float32 -> G (N, C, C) = Fᵀ·F·norm, cache (F, x.shape, norm)."""
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    f = x.reshape(n, h * w, c)
+    g = cuda.out_array(xp, out, (n, c, c))
+    xp.matmul(f.transpose(0, 2, 1), f, out=g)
+    if norm != 1.0:
+        g *= np.float32(norm)
+    return g, (f, tuple(x.shape), norm)
+
+
+def gram_backward_gpu(dg, cache, out=None, sym=None):
+    """dG (N, C, C) -> dx (N, H, W, C) = norm·F·(dG + dGᵀ). `sym`: (N, C, C)
+    float32 work buffer for dG + dGᵀ."""
+    xp = get_array_module(dg)
+    f, shape, norm = cache
+    n, hw, c = f.shape
+    if dg.shape != (n, c, c):
+        raise ValueError(f"gram backward: dG {dg.shape} for F {f.shape}")
+    sym = cuda.work_view(xp, sym, (n, c, c), what="sym")
+    xp.add(dg, dg.transpose(0, 2, 1), out=sym)
+    dx = cuda.out_array(xp, out, shape)
+    xp.matmul(f, sym, out=dx.reshape(n, hw, c))
+    if norm != 1.0:
+        dx *= np.float32(norm)
+    return dx
+
+
+def gram_forward(x, norm=1.0):
+    if is_gpu_array(x) and x.dtype == np.float32:
+        return gram_forward_gpu(x, norm)
+    return gram_forward_cpu(x, norm)
+
+
+def gram_backward(dg, cache):
+    if is_gpu_array(dg) and dg.dtype == np.float32 and cache[0].dtype == np.float32:
+        return gram_backward_gpu(dg, cache)
+    return gram_backward_cpu(dg, cache)

@@ -39,3 +39,126 @@ def denoise_backward_cpu(x, dout=1.0):
     if dout != 1.0:
         dx *= dout
     return dx
+
+
+# ---- GPU path: kernels/loss.cu ----------------------------------------------
+# Losses, adj weights and coefficients stay on the device: a loss is written to
+# a 1-element float32 view (e.g. `losses[0:1]`), a coefficient is read from one
+# (e.g. `coef[0:1]`). `partial` is a float64 work buffer of at least
+# cuda.config["reduce_blocks"] elements; one is allocated when it is None.
+import numpy as np  # noqa: E402
+
+from .. import cuda  # noqa: E402
+from ..backend import is_gpu_array  # noqa: E402
+
+
+def _kernel(name):
+    return cuda.get_kernel("loss", name, cuda.reduce_defines())
+
+
+def _scalar_slot(a, what):
+    if a.size != 1 or a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ValueError(f"{what}: need a 1-element float32 device view (e.g. losses[0:1]), "
+                         f"got {a.dtype} {a.shape}")
+    return a
+
+
+def _sum(partial_kernel, args, n, out, scale, accumulate, partial, xp):
+    nb, t = cuda.reduce_grid(n), cuda.config["reduce_threads"]
+    partial = cuda.work_view(xp, partial, (cuda.config["reduce_blocks"],), np.float64, "partial")
+    cuda.launch(_kernel(partial_kernel), nb, t, (partial,) + args)
+    cuda.launch(_kernel("sum_partials_kernel"), 1, t,
+                (out, partial, cuda.i32(nb), cuda.f32(scale), cuda.i32(bool(accumulate))))
+    return out
+
+
+def mse_sum_gpu(a, b, out, scale, accumulate=False, partial=None):
+    """out[0] = (accumulate ? out[0] : 0) + scale·Σ(a-b)²; a, b float32 of one
+    shape. The content loss of a layer: scale = 1/(a.size·n_layers)."""
+    if a.shape != b.shape:
+        raise ValueError(f"mse: shapes {a.shape} and {b.shape} differ")
+    _scalar_slot(out, "mse out")
+    return _sum("sqdiff_partial_kernel", (a, b, cuda.i32(a.size)), a.size, out, scale,
+                accumulate, partial, get_array_module(a))
+
+
+def denoise_sum_gpu(x, out, scale=1.0, accumulate=False, partial=None):
+    """out[0] = (accumulate ? out[0] : 0) + scale·TV(x); x (N, H, W, C) float32."""
+    n, h, w, c = x.shape
+    _scalar_slot(out, "denoise out")
+    return _sum("tv_partial_kernel", (x, cuda.i32(n), cuda.i32(h), cuda.i32(w), cuda.i32(c)),
+                x.size, out, scale, accumulate, partial, get_array_module(x))
+
+
+def adj_weights_gpu(losses, weights, adj=None, coef=None):
+    """losses, weights (n,) float32 -> adj = 1/(losses+1e-10), coef = weights·adj."""
+    xp = get_array_module(losses)
+    if weights.shape != losses.shape or losses.ndim != 1:
+        raise ValueError(f"adj weights: losses {losses.shape}, weights {weights.shape}")
+    adj = cuda.out_array(xp, adj, losses.shape, what="adj")
+    coef = cuda.out_array(xp, coef, losses.shape, what="coef")
+    blk = cuda.config["block"]
+    cuda.launch(_kernel("adj_weights_kernel"), cuda.ceil_div(losses.size, blk), blk,
+                (adj, coef, losses, weights, cuda.i32(losses.size)))
+    return adj, coef
+
+
+def scaled_diff_gpu(a, b, coef, k, out=None):
+    """out = k·coef[0]·(a - b). mse_backward_cpu(a, b, dout) is k = 2/a.size,
+    coef[0] = dout; the style loss's dG has a = G, b = A."""
+    xp = get_array_module(a)
+    if a.shape != b.shape:
+        raise ValueError(f"scaled diff: shapes {a.shape} and {b.shape} differ")
+    _scalar_slot(coef, "coef")
+    out = cuda.out_array(xp, out, a.shape)
+    blk = cuda.config["block"]
+    cuda.launch(_kernel("scaled_diff_kernel"), cuda.ceil_div(a.size, blk), blk,
+                (out, a, b, coef, cuda.f32(k), cuda.i32(a.size)))
+    return out
+
+
+def denoise_backward_accumulate_gpu(g, x, coef):
+    """g += coef[0]·∂TV/∂x (denoise_backward_cpu(x, coef[0]) added in place)."""
+    n, h, w, c = x.shape
+    if g.shape != x.shape:
+        raise ValueError(f"denoise backward: g {g.shape}, x {x.shape}")
+    _scalar_slot(coef, "coef")
+    blk = cuda.config["block"]
+    cuda.launch(_kernel("tv_grad_accumulate_kernel"), cuda.ceil_div(x.size, blk), blk,
+                (g, x, coef, cuda.i32(n), cuda.i32(h), cuda.i32(w), cuda.i32(c)))
+    return g
+
+
+def _on_gpu(*arrays):
+    return all(is_gpu_array(a) and a.dtype == np.float32 for a in arrays)
+
+
+def _coef(xp, dout):
+    return xp.ascontiguousarray(xp.asarray(dout, dtype=np.float32).reshape(1))
+
+
+def mse_forward(a, t):
+    if _on_gpu(a, t):
+        out = get_array_module(a).empty(1, dtype=np.float32)
+        return mse_sum_gpu(a, t, out, 1.0 / a.size).reshape(())
+    return mse_forward_cpu(a, t)
+
+
+def mse_backward(a, t, dout=1.0):
+    if _on_gpu(a, t):
+        return scaled_diff_gpu(a, t, _coef(get_array_module(a), dout), 2.0 / a.size)
+    return mse_backward_cpu(a, t, dout)
+
+
+def denoise_forward(x):
+    if _on_gpu(x):
+        out = get_array_module(x).empty(1, dtype=np.float32)
+        return denoise_sum_gpu(x, out).reshape(())
+    return denoise_forward_cpu(x)
+
+
+def denoise_backward(x, dout=1.0):
+    if _on_gpu(x):
+        xp = get_array_module(x)
+        return denoise_backward_accumulate_gpu(xp.zeros_like(x), x, _coef(xp, dout))
+    return denoise_backward_cpu(x, dout)

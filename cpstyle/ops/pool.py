@@ -30,3 +30,53 @@ def maxpool_backward_cpu(dout, cache):
     dx = xp.zeros(shape, dtype=dout.dtype)
     dx[:, :2 * ho, :2 * wo, :] = slots.reshape(n, 2 * ho, 2 * wo, c)
     return dx
+
+
+# ---- GPU path: kernels/pool.cu ----------------------------------------------
+import numpy as np  # noqa: E402
+
+from .. import cuda  # noqa: E402
+from ..backend import is_gpu_array  # noqa: E402
+
+
+def maxpool_forward_gpu(x, out=None, argmax=None):
+    """x (N, H, W, C) float32 -> y (N, H//2, W//2, C), cache (argmax uint8, x.shape)."""
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    oshape = (n, h // 2, w // 2, c)
+    y = cuda.out_array(xp, out, oshape)
+    arg = cuda.out_array(xp, argmax, oshape, np.uint8, what="argmax")
+    blk = cuda.config["block"]
+    cuda.launch(cuda.get_kernel("pool", "maxpool_forward_kernel"), cuda.ceil_div(y.size, blk), blk,
+                (y, arg, x, cuda.i32(n), cuda.i32(h), cuda.i32(w), cuda.i32(c)))
+    return y, (arg, tuple(x.shape))
+
+
+def maxpool_backward_gpu(dout, cache, out=None):
+    """dout (N, Ho, Wo, C) -> dx (N, H, W, C), every element written."""
+    xp = get_array_module(dout)
+    arg, shape = cache
+    n, h, w, c = shape
+    if dout.shape != (n, h // 2, w // 2, c) or arg.shape != dout.shape:
+        raise ValueError(f"maxpool backward: dout {dout.shape}, argmax {arg.shape}, input {shape}")
+    dx = cuda.out_array(xp, out, shape)
+    blk = cuda.config["block"]
+    cuda.launch(cuda.get_kernel("pool", "maxpool_backward_kernel"), cuda.ceil_div(dx.size, blk), blk,
+                (dx, dout, arg, cuda.i32(n), cuda.i32(h), cuda.i32(w), cuda.i32(c)))
+    return dx
+
+
+def _on_gpu(*arrays):
+    return all(is_gpu_array(a) and a.dtype == np.float32 for a in arrays)
+
+
+def maxpool_forward(x):
+    if _on_gpu(x):
+        return maxpool_forward_gpu(x)
+    return maxpool_forward_cpu(x)
+
+
+def maxpool_backward(dout, cache):
+    if _on_gpu(dout):
+        return maxpool_backward_gpu(dout, cache)
+    return maxpool_backward_cpu(dout, cache)

@@ -1,0 +1,49 @@
+// kernels/conv.cu — 3x3 conv (stride 1, zero padding 1) + bias + ReLU as a GEMM.
+// Loaded by cpstyle/ops/conv.py (im2col_gpu, conv_forward_gpu, conv_backward_gpu);
+// reference: im2col_cpu, conv_forward_cpu, conv_backward_cpu there. The GEMM
+// itself is cupy.matmul; these are the kernels around it.
+// Tests: tests/test_kernels_emulated.py, tests/test_kernels_gpu.py.
+//
+// Layout: x (N, H, W, C) float32 NHWC; cols (N*H*W, 9*C), column (ky*3+kx)*C + c.
+//
+//   im2col_kernel(float* cols, const float* x, int N, int H, int W, int C)
+//       cols[(n*H+i)*W+j, (ky*3+kx)*C+c] = x[n, i+ky-1, j+kx-1, c], 0 outside
+//   bias_relu_kernel(float* y, const float* b, int rows, int C)        in place
+//       y[r, c] = max(y[r, c] + b[c], 0)           (the GEMM epilogue)
+//   relu_backward_kernel(float* dz, const float* dout, const float* y, int n)
+//       dz = y > 0 ? dout : 0                      (y: the forward's output)
+//
+// One thread per output element; any 1-D block size. No defines.
+
+#include "common.cuh"
+
+extern "C" __global__ void im2col_kernel(float* cols, const float* x, int N, int H, int W, int C) {
+    long long i = global_index();
+    long long k9 = 9LL * C;
+    if (i >= (long long)N * H * W * k9) return;
+    long long row = i / k9;          // (n*H + y)*W + x0 of the output pixel
+    int k = (int)(i - row * k9);
+    int tap = k / C, c = k - tap * C;
+    int ky = tap / 3, kx = tap - ky * 3;
+    int j = (int)(row % W);
+    long long t = row / W;
+    int yy = (int)(t % H) + ky - 1;
+    int xx = j + kx - 1;
+    long long n = t / H;
+    float v = 0.0f;
+    if (yy >= 0 && yy < H && xx >= 0 && xx < W)
+        v = x[((n * H + yy) * W + xx) * C + c];
+    cols[i] = v;
+}
+
+extern "C" __global__ void bias_relu_kernel(float* y, const float* b, int rows, int C) {
+    long long i = global_index();
+    if (i >= (long long)rows * C) return;
+    y[i] = fmaxf(y[i] + b[i % C], 0.0f);
+}
+
+extern "C" __global__ void relu_backward_kernel(float* dz, const float* dout, const float* y, int n) {
+    long long i = global_index();
+    if (i >= n) return;
+    dz[i] = y[i] > 0.0f ? dout[i] : 0.0f;
+}

@@ -1,0 +1,386 @@
+"""Every kernel in kernels/*.cu, run on the CPU under tests/emulation (DESIGN.md
+§7.3), through the same `_gpu` wrappers the GPU runs (NumPy arrays route to the
+emulator; launch shapes shrink to 32-thread blocks and 5 reduction blocks, so
+odd sizes leave partial blocks and grid-stride loops go round). Outputs are
+NaN-poisoned before each launch; the harness adds guard bands (out-of-bounds
+writes), const checks and a bounds trap on __shared__ arrays.
+
+Each test names the kernels it covers (@covers) and fails if it did not launch
+them; test_every_kernel_has_an_emulated_test fails on any kernel not covered."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cpstyle import cuda
+from cpstyle.ops.conv import (conv_backward_cpu, conv_backward_gpu, conv_forward_cpu,
+                              conv_forward_gpu, flip_kernel, im2col_cpu, im2col_gpu)
+from cpstyle.ops.gram import (gram_backward_cpu, gram_backward_gpu, gram_forward_cpu,
+                              gram_forward_gpu)
+from cpstyle.ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
+                              denoise_backward_cpu, denoise_forward_cpu, denoise_sum_gpu,
+                              mse_backward_cpu, mse_forward_cpu, mse_sum_gpu, scaled_diff_gpu)
+from cpstyle.ops.pool import (maxpool_backward_cpu, maxpool_backward_gpu, maxpool_forward_cpu,
+                              maxpool_forward_gpu)
+from cpstyle.ops.preprocess import (preprocess_backward_cpu, preprocess_backward_gpu,
+                                    preprocess_forward_cpu, preprocess_forward_gpu,
+                                    preprocess_params)
+from cpstyle.ops.update import make_update_work, update_cpu, update_gpu_inplace
+from emulation.harness import Emulator, SourceKernel, all_kernels
+from emulation.checks import assert_close
+
+EPS32 = float(np.finfo(np.float32).eps)
+SHAPES = [(1, 1, 1, 3), (1, 3, 7, 3), (2, 5, 4, 7), (1, 33, 3, 2)]
+COVERED = {}  # kernel name -> names of the tests that launch it
+
+
+def covers(*kernels):
+    def deco(fn):
+        for k in kernels:
+            COVERED.setdefault(k, []).append(fn.__name__)
+        fn.covers = kernels
+        return fn
+    return deco
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    return Emulator()
+
+
+@pytest.fixture
+def emu(emulator, request):
+    """The emulator installed for one test; afterwards, the kernels named by
+    @covers must have been launched."""
+    emulator.launched.clear()
+    with emulator.installed():
+        yield emulator
+    missing = set(getattr(request.function, "covers", ())) - set(emulator.launched)
+    assert not missing, f"{request.node.name} claims to cover {sorted(missing)} but never launched them"
+
+
+def nan_like(shape, dtype=np.float32):
+    return np.full(shape, np.nan, dtype=dtype)
+
+
+def test_every_kernel_has_an_emulated_test():
+    kernels = set(all_kernels())
+    untested = kernels - set(COVERED)
+    assert not untested, f"kernels with no emulated test: {sorted(untested)}"
+    stale = set(COVERED) - kernels
+    assert not stale, f"tests claim kernels that kernels/*.cu no longer has: {sorted(stale)}"
+
+
+# ---- preprocess -------------------------------------------------------------
+
+@covers("preprocess_forward_kernel", "preprocess_backward_kernel")
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (1, 7, 5, 3), (2, 3, 33, 3), (5, 3)])
+@pytest.mark.parametrize("mode", ["torch", "caffe"])
+def test_preprocess(emu, rng, shape, mode):
+    scale, shift, bgr = preprocess_params(mode, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    s32, t32 = scale.astype(np.float32), shift.astype(np.float32)
+    x = rng.uniform(0, 255, shape).astype(np.float32)
+    y = preprocess_forward_gpu(x, s32, t32, bgr, out=nan_like(shape))
+    # one rounding of x·scale and one of + shift (or one fused), on terms <= bound
+    bound = 255 * np.abs(s32).max() + np.abs(t32).max()
+    assert_close(y, preprocess_forward_cpu(x, s32, t32, bgr), atol=2 * EPS32 * bound, rtol=0,
+                 what="preprocess forward")
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dx = preprocess_backward_gpu(dy, s32, bgr, out=nan_like(shape))
+    assert_close(dx, preprocess_backward_cpu(dy, s32, bgr), atol=0, rtol=EPS32,
+                 what="preprocess backward")
+
+
+# ---- conv ---------------------------------------------------------------------
+
+@covers("im2col_kernel")
+@pytest.mark.parametrize("shape", SHAPES)
+def test_im2col(emu, rng, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    n, h, w, c = shape
+    cols = im2col_gpu(x, out=nan_like((n * h * w, 9 * c)))
+    assert_close(cols, im2col_cpu(x), atol=0, rtol=0, what="im2col")  # a pure copy
+
+
+def _conv_case(rng, shape, cout):
+    n, h, w, cin = shape
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    wt = (rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(cout)).astype(np.float32)
+    return x, wt, b
+
+
+@covers("im2col_kernel", "bias_relu_kernel")
+@pytest.mark.parametrize("shape,cout", [((1, 1, 1, 3), 1), ((1, 3, 7, 3), 5), ((2, 5, 4, 7), 3),
+                                        ((1, 33, 3, 2), 7)])
+def test_conv_forward(emu, rng, shape, cout):
+    x, wt, b = _conv_case(rng, shape, cout)
+    n, h, w, cin = shape
+    y, cache = conv_forward_gpu(x, wt, b, out=nan_like((n, h, w, cout)),
+                                cols=nan_like(n * h * w * 9 * cin + 5))  # work buffer, larger
+    yr, _ = conv_forward_cpu(x, wt, b)
+    # fp32 GEMM over K = 9·Cin terms of size <= |x||w|: K·eps·Σ|terms| bound
+    k = 9 * cin
+    assert_close(y, yr, atol=k * EPS32 * (np.abs(wt).max() * k + np.abs(b).max()), rtol=1e-6,
+                 what="conv forward")
+    assert cache[0] is wt and cache[1] is y
+
+
+@covers("relu_backward_kernel", "im2col_kernel")
+@pytest.mark.parametrize("shape,cout", [((1, 1, 1, 3), 1), ((1, 3, 7, 3), 5), ((2, 5, 4, 7), 3),
+                                        ((1, 33, 3, 2), 7)])
+@pytest.mark.parametrize("give_wflip", [True, False])
+def test_conv_backward(emu, rng, shape, cout, give_wflip):
+    x, wt, b = _conv_case(rng, shape, cout)
+    n, h, w, cin = shape
+    _, cache = conv_forward_cpu(x, wt, b)
+    assert (cache[1] == 0).any() or cache[1].size < 8  # the ReLU mask matters
+    dout = rng.standard_normal((n, h, w, cout)).astype(np.float32)
+    wflip = flip_kernel(wt) if give_wflip else None
+    dx = conv_backward_gpu(dout, cache, wflip, out=nan_like(shape),
+                           cols=nan_like((n * h * w + 1, 9 * cout)), dz=nan_like(dout.size + 3))
+    k = 9 * cout
+    assert_close(dx, conv_backward_cpu(dout, cache), atol=k * EPS32 * np.abs(wt).max() * 4 * k,
+                 rtol=1e-6, what="conv backward")
+
+
+@covers("bias_relu_kernel", "im2col_kernel")
+def test_conv_matches_direct_sum(emu, rng):
+    """Independent of im2col_cpu: a direct 3x3 sum in float64."""
+    x, wt, b = _conv_case(rng, (1, 7, 5, 3), 4)
+    y, _ = conv_forward_gpu(x, wt, b)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = np.zeros((1, 7, 5, 4)) + b
+    for ky in range(3):
+        for kx in range(3):
+            ref += np.einsum("nhwc,cd->nhwd", xp[:, ky:ky + 7, kx:kx + 5], wt[ky, kx])
+    assert_close(y, np.maximum(ref, 0), atol=1e-5, rtol=1e-5, what="conv vs direct sum")
+
+
+# ---- pool ---------------------------------------------------------------------
+
+POOL_SHAPES = [(1, 1, 1, 1), (1, 2, 2, 1), (1, 3, 7, 3), (2, 5, 4, 7), (1, 33, 9, 2), (1, 9, 1, 2)]
+
+
+@covers("maxpool_forward_kernel", "maxpool_backward_kernel")
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_maxpool(emu, rng, shape, ties):
+    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    n, h, w, c = shape
+    oshape = (n, h // 2, w // 2, c)
+    y, (arg, s) = maxpool_forward_gpu(x, out=nan_like(oshape),
+                                      argmax=np.full(oshape, 0xFF, np.uint8))
+    yr, (argr, sr) = maxpool_forward_cpu(x)
+    assert s == sr
+    assert_close(y, yr, atol=0, rtol=0, what="maxpool y")
+    assert_close(arg, argr, atol=0, rtol=0, what="maxpool argmax (first max, row-major)")
+    dy = rng.standard_normal(oshape).astype(np.float32)
+    dx = maxpool_backward_gpu(dy, (argr, sr), out=nan_like(shape))
+    assert_close(dx, maxpool_backward_cpu(dy, (argr, sr)), atol=0, rtol=0, what="maxpool dx")
+
+
+# ---- losses -------------------------------------------------------------------
+
+SIZES = [(1,), (7,), (3, 33, 5), (1, 33, 17, 3)]  # 1 .. 1683 elements: 1 to 5 blocks
+
+
+@covers("sqdiff_partial_kernel", "sum_partials_kernel")
+@pytest.mark.parametrize("shape", SIZES)
+def test_mse_sum(emu, rng, shape):
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(shape).astype(np.float32)
+    slots = nan_like(3)
+    mse_sum_gpu(a, b, slots[1:2], 1.0 / a.size, partial=nan_like(7, np.float64))
+    # reference: float32 pairwise mean; ours sums in double
+    assert_close(slots[1], mse_forward_cpu(a, b), atol=0, rtol=1e-5, what="mse")
+    assert np.isnan(slots[0]) and np.isnan(slots[2]), "wrote outside its slot"
+    ref64 = np.sum((a.astype(np.float64) - b) ** 2)
+    mse_sum_gpu(a, b, slots[1:2], 0.5, accumulate=True)
+    assert_close(slots[1], mse_forward_cpu(a, b) + 0.5 * ref64, atol=0, rtol=1e-5,
+                 what="mse accumulate")
+
+
+@covers("tv_partial_kernel", "sum_partials_kernel")
+@pytest.mark.parametrize("shape", SHAPES + [(1, 9, 1, 2), (1, 1, 9, 2)])
+def test_denoise_sum(emu, rng, shape):
+    x = rng.uniform(0, 255, shape).astype(np.float32)
+    out = nan_like(1)
+    denoise_sum_gpu(x, out, scale=0.25, partial=None)
+    assert_close(out[0], 0.25 * denoise_forward_cpu(x), atol=1e-6, rtol=1e-5, what="TV")
+    out[0] = 3.0
+    denoise_sum_gpu(x, out, accumulate=True)
+    assert_close(out[0], 3.0 + denoise_forward_cpu(x), atol=1e-6, rtol=1e-5, what="TV accumulate")
+
+
+@covers("adj_weights_kernel")
+@pytest.mark.parametrize("n", [1, 3, 37])
+def test_adj_weights(emu, rng, n):
+    losses = rng.uniform(0, 1e6, n).astype(np.float32)
+    losses[0] = 0.0  # adj = 1e10
+    weights = rng.uniform(0, 10, n).astype(np.float32)
+    adj, coef = adj_weights_gpu(losses, weights, adj=nan_like(n), coef=nan_like(n))
+    adj_ref = np.float32(1.0) / (losses + np.float32(1e-10))  # DESIGN.md §5, as objective.py
+    assert_close(adj, adj_ref, atol=0, rtol=2 * EPS32, what="adj")
+    assert_close(coef, weights * adj_ref, atol=0, rtol=3 * EPS32, what="coef")
+
+
+@covers("scaled_diff_kernel")
+@pytest.mark.parametrize("shape", [(1,), (7,), (1, 33, 33), (1, 3, 7, 5)])
+def test_scaled_diff(emu, rng, shape):
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(shape).astype(np.float32)
+    coef = np.array([np.nan, 0.37, np.nan], np.float32)
+    out = scaled_diff_gpu(a, b, coef[1:2], 2.0 / a.size, out=nan_like(shape))
+    # = mse_backward_cpu(a, b, dout=coef): same product, (k·coef) rounded once more
+    assert_close(out, mse_backward_cpu(a, b, coef[1]), atol=0, rtol=3 * EPS32, what="scaled diff")
+
+
+@covers("tv_grad_accumulate_kernel")
+@pytest.mark.parametrize("shape", SHAPES + [(1, 9, 1, 2), (1, 1, 9, 2)])
+def test_denoise_backward_accumulate(emu, rng, shape):
+    x = rng.integers(0, 3, shape).astype(np.float32)  # many equal neighbours: sign(0) = 0
+    g0 = rng.standard_normal(shape).astype(np.float32)
+    coef = np.array([0.3], np.float32)
+    g = denoise_backward_accumulate_gpu(g0.copy(), x, coef)
+    ref = g0 + denoise_backward_cpu(x, coef[0])
+    assert_close(g, ref, atol=4 * EPS32 * (np.abs(g0).max() + 4 * 0.3), rtol=0,
+                 what="TV gradient accumulate")
+
+
+# ---- update -------------------------------------------------------------------
+
+@covers("sum_partial_kernel", "centered_sqsum_partial_kernel", "reduce_partials_kernel",
+        "update_kernel")
+@pytest.mark.parametrize("shape", [(1,), (7,), (1, 7, 5, 3), (1, 33, 17, 3)])
+def test_update(emu, rng, shape):
+    x = rng.uniform(0, 255, shape).astype(np.float32)
+    g = (rng.standard_normal(shape) * 5 + 2).astype(np.float32)  # mean != 0; some steps clip
+    work = make_update_work(x.size, np)
+    work.partial[...] = np.nan
+    out = update_gpu_inplace(x.copy(), g, 10.0, work=work)
+    ref = update_cpu(x, g, 10.0)
+    # the reference's float32 std is good to ~1e-6 relative; steps are <= ~10·|g|/std
+    step = 10.0 * np.abs(g).max() / (np.std(g.astype(np.float64)) + 1e-8)
+    assert_close(out, ref, atol=min(step, 255) * 1e-5 + 255 * EPS32, rtol=0, what="update")
+    again = update_gpu_inplace(x.copy(), g, 10.0, work=work)
+    assert np.array_equal(out, again), "update is not deterministic"
+
+
+# ---- gram (the backend's matmul: no kernel, but the wrappers' plumbing) ------------
+
+@pytest.mark.parametrize("shape,norm", [((1, 3, 7, 5), 1.0), ((1, 33, 3, 7), 1 / 99)])
+def test_gram_wrappers(emu, rng, shape, norm):
+    x = rng.standard_normal(shape).astype(np.float32)
+    n, h, w, c = shape
+    g, cache = gram_forward_gpu(x, norm, out=nan_like((n, c, c)))
+    gr, cache_r = gram_forward_cpu(x, norm)
+    assert_close(g, gr, atol=1e-6, rtol=1e-5, what="gram forward")
+    dg = rng.standard_normal((n, c, c)).astype(np.float32)
+    dx = gram_backward_gpu(dg, cache, out=nan_like(shape), sym=nan_like((n, c, c)))
+    assert_close(dx, gram_backward_cpu(dg, cache_r), atol=1e-5, rtol=1e-5, what="gram backward")
+
+
+# ---- the loader's checks ------------------------------------------------------
+
+@covers("relu_backward_kernel")
+def test_launch_checks_arguments(emu):
+    k = cuda.get_kernel("conv", "relu_backward_kernel")
+    a = np.zeros(8, np.float32)
+    cuda.launch(k, 1, 32, (a, a.copy(), a.copy(), cuda.i32(8)))
+    with pytest.raises(TypeError, match="needs float32"):
+        cuda.launch(k, 1, 32, (a, a.astype(np.float64), a, cuda.i32(8)))
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        cuda.launch(k, 1, 32, (a, np.zeros(16, np.float32)[::2], a, cuda.i32(8)))
+    with pytest.raises(TypeError, match="int32"):
+        cuda.launch(k, 1, 32, (a, a, a, 8))
+    with pytest.raises(TypeError, match="3 arguments for 4"):
+        cuda.launch(k, 1, 32, (a, a, a))
+    with pytest.raises(OverflowError):
+        cuda.i32(2**31)
+    cuda.set_emulator(None)
+    with pytest.raises(TypeError, match="NumPy arrays given to a GPU kernel"):
+        cuda.launch(k, 1, 32, (a, a.copy(), a.copy(), cuda.i32(8)))
+
+
+def test_out_buffers_are_checked(emu):
+    x = np.zeros((1, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        maxpool_forward_gpu(x, out=np.zeros((1, 2, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="at least"):
+        conv_forward_gpu(x, np.zeros((3, 3, 3, 2), np.float32), np.zeros(2, np.float32),
+                         cols=np.zeros(10, np.float32))
+
+
+# ---- the harness catches what it claims to (no net that cannot fail) -----------
+
+BUGGY = r"""
+#include "common.cuh"
+extern "C" __global__ void overrun_kernel(float* y, int n) {
+    long long i = global_index();
+    if (i <= n) y[i] = 1.0f;                     // one past the end
+}
+extern "C" __global__ void const_write_kernel(float* y, const float* x, int n) {
+    long long i = global_index();
+    if (i < n) { y[i] = x[i]; ((float*)x)[i] = 0.0f; }
+}
+extern "C" __global__ void early_return_kernel(double* out, int n) {
+    if ((int)threadIdx.x >= n) return;           // threads leave before the barrier
+    double s = block_sum(1.0);
+    if (threadIdx.x == 0) out[0] = s;
+}
+"""
+
+
+def _buggy(name):
+    return SourceKernel(cuda.kernel_source_text(BUGGY, {"REDUCE_THREADS": 32}), name)
+
+
+def test_harness_catches_out_of_bounds_write(emulator):
+    y = np.zeros(33, np.float32)
+    with pytest.raises(AssertionError, match="out-of-bounds write"):
+        emulator.launch(_buggy("overrun_kernel"), 2, 32, (y, cuda.i32(33)))
+
+
+def test_harness_catches_write_through_const(emulator):
+    y, x = np.zeros(5, np.float32), np.ones(5, np.float32)
+    with pytest.raises(AssertionError, match="wrote to const"):
+        emulator.launch(_buggy("const_write_kernel"), 1, 32, (y, x, cuda.i32(5)))
+
+
+def test_harness_catches_syncthreads_after_return(emulator):
+    out = np.zeros(1)
+    emulator.launch(_buggy("early_return_kernel"), 1, 32, (out, cuda.i32(32)))
+    assert out[0] == 32.0  # block_sum over 32 threads, all present
+    with pytest.raises(RuntimeError, match="after a thread"):
+        emulator.launch(_buggy("early_return_kernel"), 1, 32, (out, cuda.i32(7)))
+
+
+def test_harness_traps_shared_overrun():
+    """A __shared__ array indexed past its end traps (-fsanitize=bounds); in a
+    child process, since the trap ends the process."""
+    script = textwrap.dedent(r'''
+        import numpy as np, sys
+        sys.path.insert(0, sys.argv[1])
+        from cpstyle import cuda
+        from emulation.harness import Emulator, SourceKernel
+        src = r"""
+        extern "C" __global__ void shared_overrun_kernel(float* y, int n) {
+            __shared__ float s[32];
+            s[threadIdx.x + n] = 1.0f;
+            __syncthreads();
+            y[threadIdx.x] = s[threadIdx.x];
+        }"""
+        y = np.zeros(32, np.float32)
+        Emulator().launch(SourceKernel(src, "shared_overrun_kernel"), 1, 32, (y, cuda.i32(int(sys.argv[2]))))
+        print("survived")
+    ''')
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    run = dict(capture_output=True, text=True, cwd=os.path.dirname(tests_dir))
+    ok = subprocess.run([sys.executable, "-c", script, tests_dir, "0"], **run)
+    assert ok.returncode == 0 and "survived" in ok.stdout, ok.stderr
+    bad = subprocess.run([sys.executable, "-c", script, tests_dir, "1"], **run)
+    assert bad.returncode != 0 and "survived" not in bad.stdout
