@@ -372,12 +372,13 @@ def cpstyle_run(model, case, content, style, init, num_iterations, dev, every=No
     return to_host(out), marks, honoured
 
 
-def block_times(marks, skip_first):
-    """[(iteration, t)] -> ms per iteration of each block between marks."""
-    out = []
-    for (i0, t0, _), (i1, t1, _) in zip(marks, marks[1:]):
-        if i1 > i0:
-            out.append((t1 - t0) * 1e3 / (i1 - i0))
+def block_times(marks, block, skip_first):
+    """[(iteration, t, losses)] -> ms per iteration of each `block`-long stretch
+    between consecutive progress marks, the first `skip_first` dropped. Stretches
+    of another length (the last report, which evaluates the final image once
+    more on the GPU path) are not counted."""
+    out = [(t1 - t0) * 1e3 / block for (i0, t0, _), (i1, t1, _) in zip(marks, marks[1:])
+           if i1 - i0 == block]
     return out[skip_first:]
 
 
@@ -526,9 +527,11 @@ def run_case(case, model, tside, dev, opts, images_src, peaks):
                 pool = cupy_pool()
                 pool.free_all_blocks()
                 base = pool.total_bytes()
+            # GPU: a warm-up block, n timed, and one more so that every timed
+            # block ends at an in-loop report (the final report adds an evaluation)
             _, marks, _ = cpstyle_run(model, case, content, style, init,
-                                      (block + n) if gpu else n, dev, every=block)
-            cp_s += block_times(marks, 1 if gpu else 0)
+                                      (block + n + 1) if gpu else n, dev, every=block)
+            cp_s += block_times(marks, block, 1 if gpu else 0)
             if gpu:
                 mem["cpstyle"] = max(mem.get("cpstyle", 0), pool.total_bytes() - base)
             if tside is not None:

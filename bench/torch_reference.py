@@ -143,8 +143,11 @@ class TorchVGG16:
 def gram(f):
     """(1, C, H, W) -> (C, C) = Fᵀ·F with F = (H·W, C), unnormalised."""
     c = f.shape[1]
-    m = f.reshape(c, -1)  # (C, H·W); reshape copies a channels_last tensor as needed
-    return m @ m.t()
+    if f.is_contiguous():
+        m = f.reshape(c, -1)  # (C, H·W), a view of NCHW
+        return m @ m.t()
+    m = f.permute(0, 2, 3, 1).reshape(-1, c)  # (H·W, C), a view of channels_last
+    return m.t() @ m
 
 
 def denoise_loss(x):
