@@ -236,7 +236,7 @@ def test_scaled_diff(emu, rng, shape):
     coef = np.array([np.nan, 0.37, np.nan], np.float32)
     out = scaled_diff_gpu(a, b, coef[1:2], 2.0 / a.size, out=nan_like(shape))
     # = mse_backward_cpu(a, b, dout=coef): same product, (k·coef) rounded once more
-    assert_close(out, mse_backward_cpu(a, b, coef[1]), atol=0, rtol=3 * EPS32, what="scaled diff")
+    assert_close(out, mse_backward_cpu(a, b, coef[1]), atol=0, rtol=4 * EPS32, what="scaled diff")
 
 
 @covers("tv_grad_accumulate_kernel")
