@@ -41,7 +41,7 @@ CXXFLAGS = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wext
 # Small launch shapes for the emulation: the wrappers read these from cpstyle.cuda.config.
 EMU_CONFIG = {"block": 32, "reduce_threads": 32, "reduce_blocks": 5}
 
-GUARD = 17  # elements each side; odd so that misaligned overruns show too
+GUARD = 17  # elements of guard band on each side of every array argument
 _GUARD_VALUE = {np.dtype(np.float32): np.float32(np.nan), np.dtype(np.float64): np.nan,
                 np.dtype(np.uint8): 0xA5, np.dtype(np.int32): -0x5A5A5A5A,
                 np.dtype(np.uint32): 0xA5A5A5A5}
@@ -74,14 +74,15 @@ class _Module:
         os.makedirs(BUILD_DIR, exist_ok=True)
         so = os.path.join(BUILD_DIR, f"{module}-{key}.so")
         if not os.path.exists(so):
-            cpp = so[:-3] + ".cpp"
+            # private names until done: two test processes may build the same key at once
+            cpp, tmp = f"{so[:-3]}.{os.getpid()}.cpp", f"{so}.{os.getpid()}.tmp"
             with open(cpp, "w", encoding="utf-8") as f:
                 f.write(tu)
-            tmp = f"{so}.{os.getpid()}.tmp"
             r = subprocess.run([CXX, *CXXFLAGS, cpp, "-o", tmp], capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"g++ failed on kernels/{module}.cu under the emulation "
-                                   f"(defines {defines}):\n{r.stderr}")
+                                   f"(defines {defines}), source kept in {cpp}:\n{r.stderr}")
+            os.replace(cpp, so[:-3] + ".cpp")  # kept beside the .so for reading
             os.replace(tmp, so)
         self.lib = ctypes.CDLL(so)
         self.lib.emu_error.restype = ctypes.c_char_p
