@@ -21,7 +21,7 @@ def assert_close(actual, ref, atol, rtol, what=""):
     ref = np.asarray(ref, dtype=np.float64)
     assert actual.shape == ref.shape, f"{what}: shape {actual.shape} != {ref.shape}"
     err = np.abs(actual - ref)
-    bad = err > atol + rtol * np.abs(ref)
+    bad = ~(err <= atol + rtol * np.abs(ref))  # NaN/inf (an unwritten, poisoned output) fail too
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         rel = err / np.maximum(np.abs(ref), 1e-30)
