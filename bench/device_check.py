@@ -76,12 +76,15 @@ def main(argv=None):
     for n in t.get("failed_tests", []):
         print(f"  FAILED {n}")
     if bench:
-        for r in bench.get("cases", bench.get("records", [])):
-            line = r.get("line") or r.get("name")
-            if line:
-                print(line)
-        s = bench.get("summary", {})
-        print(f"targets_met: {s.get('targets_met', bench.get('targets_met'))}")
+        from bench.run import fmt_line
+        for r in bench.get("cases", []):
+            try:
+                print(fmt_line("gpu", r))
+            except Exception as e:  # a partial record still gets its name printed
+                print(f"{r.get('name')}: {type(e).__name__} {e}")
+        for tg in bench.get("summary", {}).get("targets", []):
+            print(f"target {tg['what']} <= {tg['limit']}: {tg['value']:.3f} {'met' if tg['met'] else 'NOT met'}")
+        print(f"targets_met: {bench.get('targets_met')}")
     else:
         print("bench: no results")
     print(f"results: {path}")

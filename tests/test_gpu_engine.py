@@ -58,20 +58,31 @@ def test_one_iteration_matches_reference(gram_norm, rng):
 
 
 def test_20_iterations_match_reference(rng):
+    """20 iterations of style_transfer on CuPy, checked step by step: each image
+    the GPU reports has the reference's losses, and one reference step from it
+    lands on the GPU's next image. (Comparing two whole trajectories would
+    measure how std-normalised steps amplify float32 rounding, not the engine.)"""
+    from cpstyle.ops.update import update_cpu
     cpu, gpu = models()
     content, style = images(rng)
     kw = dict(content_layer_ids=[4, 9], style_layer_ids=[0, 3, 5, 12], num_iterations=20, seed=11)
-    seen_cpu, seen_gpu = [], []
-    a = cpstyle.style_transfer(content, style, model=cpu, callback=seen_cpu.append, **kw)
-    b = cpstyle.style_transfer(content, style, model=gpu, callback=seen_gpu.append, **kw)
-    assert isinstance(b, np.ndarray) and b.shape == a.shape
-    assert [p.iteration for p in seen_gpu] == [p.iteration for p in seen_cpu] == [0, 10, 20]
-    for pc, pg in zip(seen_cpu, seen_gpu):
-        for k in pc.losses:
-            assert pg.losses[k] == pytest.approx(pc.losses[k], rel=2e-3), (pc.iteration, k)
-    # 20 std-normalised steps of 10 grey levels amplify float32 rounding a little
-    diff = np.abs(a - b)
-    assert diff.mean() < 0.05 and np.percentile(diff, 99) < 1.0, (diff.mean(), diff.max())
+    seen = []
+    out = cpstyle.style_transfer(content, style, model=gpu, callback=seen.append,
+                                 callback_every=1, **kw)
+    assert isinstance(out, np.ndarray) and out.shape == content.shape
+    assert [p.iteration for p in seen] == list(range(21))
+    assert np.array_equal(seen[0].image.get(), initial_image(content.shape, 11))
+    ref = StyleObjective(content, style, kw["content_layer_ids"], kw["style_layer_ids"],
+                         1.5, 10.0, 0.3, model=cpu)
+    for k, p in enumerate(seen):
+        x = p.image.get()[None]
+        losses, _, grad = ref.evaluate(x)
+        got = [p.losses[n] for n in ("content", "style", "denoise")]
+        assert_close(got, losses, atol=0, rtol=1e-3, what=f"losses at iteration {k}")
+        if k < 20:
+            nxt = update_cpu(x, grad, 10.0)[0]
+            assert_close(seen[k + 1].image.get(), nxt, atol=5e-2, rtol=0, what=f"step {k}")
+    assert np.array_equal(out, seen[-1].image.get())
 
 
 def test_tf32_stays_close_to_fp32(rng):
