@@ -83,7 +83,8 @@ def main(argv=None):
             except Exception as e:  # a partial record still gets its name printed
                 print(f"{r.get('name')}: {type(e).__name__} {e}")
         for tg in bench.get("summary", {}).get("targets", []):
-            print(f"target {tg['what']} <= {tg['limit']}: {tg['value']:.3f} {'met' if tg['met'] else 'NOT met'}")
+            value = "-" if tg["value"] is None else f"{tg['value']:.3f}"
+            print(f"target {tg['what']} <= {tg['limit']}: {value} {'met' if tg['met'] else 'NOT met'}")
         print(f"targets_met: {bench.get('targets_met')}")
     else:
         print("bench: no results")

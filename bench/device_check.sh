@@ -29,4 +29,7 @@ timeout "${BENCH_TIMEOUT:-300}" $PY -m bench --device gpu --out "$OUT/bench.json
     2>&1 | tee "$OUT/bench.log"
 echo "bench: $(( $(date +%s) - start )) s"
 
+timeout "${PROFILE_TIMEOUT:-90}" $PY -m bench.profile_ops --size 512 --size 1024 \
+    --json "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log"
+
 $PY bench/device_check.py --tests "$OUT/gpu-tests.xml" --bench "$OUT/bench.json" --out-dir "$OUT"

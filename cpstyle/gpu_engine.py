@@ -112,7 +112,13 @@ class GpuStyleTransfer:
                                1.0 / (c * c * ns), 2.0 / (c * c * ns)))
         self.partial = cp.empty(4096, np.float64)
         self.update_work = make_update_work(self.x.size, cp)
-        self.step_size = None
+        self.marks = None  # a list: iteration() records (label, event) after each stage
+
+    def _mark(self, label):
+        if self.marks is not None:
+            ev = self.cp.cuda.Event()
+            ev.record()
+            self.marks.append((label, ev))
 
     def _cols(self, rows, width):
         return self.cols[:rows * width].reshape(rows, width)
@@ -127,6 +133,7 @@ class GpuStyleTransfer:
         from .ops.preprocess import preprocess_backward_gpu, preprocess_forward_gpu
         from .ops.update import update_gpu_inplace
         cp, m = self.cp, self.model
+        self._mark("start")
         preprocess_forward_gpu(self.x, m.scale, m.shift, m.bgr, out=self.h0)
         h = self.h0
         for i in range(self.depth):
@@ -134,9 +141,11 @@ class GpuStyleTransfer:
             conv_forward_gpu(h, m.kernels[i], m.biases[i], out=self.acts[i],
                              cols=self._cols(rows, 9 * h.shape[3]))
             h = self.acts[i]
+            self._mark(f"conv forward {i}")
             if self.pooled[i] is not None:
                 maxpool_forward_gpu(h, out=self.pooled[i], argmax=self.argmax[i])
                 h = self.pooled[i]
+                self._mark(f"pool forward {i}")
         # losses and adj weights, on the device
         for k, (i, p, _, scale, _) in enumerate(self.content):
             mse_sum_gpu(self.acts[i], p, self.losses[0:1], scale, accumulate=k > 0,
@@ -146,6 +155,7 @@ class GpuStyleTransfer:
             mse_sum_gpu(g, a, self.losses[1:2], scale, accumulate=k > 0, partial=self.partial)
         denoise_sum_gpu(self.x, self.losses[2:3], partial=self.partial)
         adj_weights_gpu(self.losses, self.weights, adj=self.adj, coef=self.coef)
+        self._mark("losses")
         # tap gradients, scaled by the adj weights before one backward pass
         dtaps = {}
         for i, p, d, _, k in self.content:
@@ -153,8 +163,9 @@ class GpuStyleTransfer:
         for i, a, g, dg, df, norm, _, k in self.style:
             # dL/dF = norm·F·(dG + dGᵀ) = 2·norm·F·dG: G and A are symmetric
             scaled_diff_gpu(g, a, self.coef[1:2], 2.0 * norm * k, out=dg)
-            f = self.acts[i].reshape(1, -1, g.shape[-1])
-            cp.matmul(f, dg, out=df.reshape(f.shape))
+            f = self.acts[i].reshape(-1, g.shape[-1])
+            cp.matmul(f, dg[0], out=df.reshape(f.shape))
+            self._mark(f"gram backward {i}")
             if i in dtaps:
                 dtaps[i] += df
             else:
@@ -163,6 +174,7 @@ class GpuStyleTransfer:
         for i in range(self.depth - 1, -1, -1):
             if self.pooled[i] is not None:
                 dh = maxpool_backward_gpu(dh, (self.argmax[i], self.acts[i].shape), out=self.gact[i])
+                self._mark(f"pool backward {i}")
             if i in dtaps:
                 if dh is None:
                     dh = dtaps[i]
@@ -172,9 +184,12 @@ class GpuStyleTransfer:
             dh = conv_backward_gpu(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
                                    out=self.gin[i], cols=self._cols(rows, 9 * dh.shape[3]),
                                    dz=self.dz[:dh.size].reshape(dh.shape))
+            self._mark(f"conv backward {i}")
         preprocess_backward_gpu(dh, m.scale, m.bgr, out=self.grad)
         denoise_backward_accumulate_gpu(self.grad, self.x, self.coef[2:3])
+        self._mark("preprocess backward + TV")
         update_gpu_inplace(self.x, self.grad, step_size, work=self.update_work)
+        self._mark("update")
 
     def evaluate_losses(self):
         """Forward + losses + adj at the current x (for the last report)."""

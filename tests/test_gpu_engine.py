@@ -1,5 +1,7 @@
 """The on-device driver (cpstyle/gpu_engine.py) against the NumPy reference,
 and the proof that an iteration neither synchronises nor copies to the host."""
+import time
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,14 @@ from test_vgg16 import SMALL
 pytestmark = pytest.mark.gpu
 
 SPIN = r'''
-extern "C" __global__ void spin_kernel(long long cycles) {
-    long long t0 = clock64();
-    while (clock64() - t0 < cycles) { }
+extern "C" __global__ void spin_kernel(unsigned long long ns) {
+    // %globaltimer counts nanoseconds whatever the clocks do (CUDA 13 has no
+    // clockRate in the device properties to turn clock64 cycles into time)
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
 }'''
 
 
@@ -104,11 +111,7 @@ def test_tf32_stays_close_to_fp32(rng):
     assert cos > 0.99, cos
 
 
-def test_iterations_neither_sync_nor_copy_to_host_nor_allocate(rng):
-    """A kernel that spins for ~2 s is queued first. If anything during the 20
-    iterations synchronised or copied device memory to the host, the host would
-    wait for the spin to end; so the spin must still be running when the 20
-    iterations have been enqueued. CuPy's allocator is wrapped to count calls."""
+def warm_engine(rng):
     import cupy as cp
     _, gpu = models()
     content, style = images(rng)
@@ -116,6 +119,42 @@ def test_iterations_neither_sync_nor_copy_to_host_nor_allocate(rng):
     eng.x[...] = cp.asarray(initial_image(content.shape, 0))[None]
     eng.iteration(10.0)  # warm-up: compiles kernels, creates the cuBLAS handle
     cp.cuda.Device().synchronize()
+    return eng
+
+
+def test_iterations_neither_sync_nor_copy_to_host(rng):
+    """A kernel that spins for 2 s is queued first. If anything during the 20
+    iterations synchronised, or copied device memory to the host (which waits
+    for the stream), the host would wait for the spin to end; so the spin must
+    still be running when all 20 iterations have been enqueued."""
+    import cupy as cp
+    eng = warm_engine(rng)
+    spin = cp.RawKernel(SPIN, "spin_kernel")
+    ns = np.uint64(2_000_000_000)
+    # the method first: a deliberate host read behind the spin has to wait for it
+    spin((1,), (1,), (ns,))
+    t0 = time.perf_counter()
+    float(eng.losses[0])
+    assert time.perf_counter() - t0 > 1.5, "the spin kernel did not hold the GPU for 2 s"
+    spin((1,), (1,), (ns,))
+    spin_done = cp.cuda.Event()
+    spin_done.record()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        eng.iteration(10.0)
+    enqueue_s = time.perf_counter() - t0
+    still_spinning = not spin_done.done
+    cp.cuda.Device().synchronize()
+    assert still_spinning, (f"the host waited for the GPU during the iterations (a sync or "
+                            f"D2H copy): enqueueing 20 iterations took {enqueue_s:.3f} s")
+    assert np.isfinite(eng.x.get()).all()
+
+
+def test_iterations_allocate_nothing(rng):
+    """Every buffer is made once, in the constructor: CuPy's allocator, wrapped
+    to count calls, sees none during 20 iterations, and the pool does not grow."""
+    import cupy as cp
+    eng = warm_engine(rng)
     pool = cp.get_default_memory_pool()
     allocs = []
 
@@ -123,21 +162,13 @@ def test_iterations_neither_sync_nor_copy_to_host_nor_allocate(rng):
         allocs.append(nbytes)
         return pool.malloc(nbytes)
 
-    spin = cp.RawKernel(SPIN, "spin_kernel")
-    rate = cp.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1e3  # Hz
     total_before = pool.total_bytes()
     cp.cuda.set_allocator(counting)
     try:
-        spin((1,), (1,), (np.int64(2.0 * rate),))
-        spin_done = cp.cuda.Event()
-        spin_done.record()
         for _ in range(20):
             eng.iteration(10.0)
-        still_spinning = not spin_done.done
+        cp.cuda.Device().synchronize()
     finally:
         cp.cuda.set_allocator(pool.malloc)
-    cp.cuda.Device().synchronize()
-    assert still_spinning, "the host waited for the GPU during the iterations (a sync or D2H copy)"
     assert pool.total_bytes() == total_before, "device memory grew during the iterations"
-    assert allocs == [], f"{len(allocs)} allocations during 20 iterations, sizes {sorted(set(allocs))[:10]}"
-    assert np.isfinite(eng.x.get()).all()
+    assert allocs == [], f"{len(allocs)} allocations in 20 iterations, sizes {sorted(set(allocs))[:10]}"
