@@ -30,10 +30,13 @@ def load_series(paths, layers=None):
             files.append(json.loads(Path(p).read_text()))
         except (OSError, ValueError) as e:
             print(f"skipped {p}: {e}", file=sys.stderr)
+    # bench/device_check.py wraps run.py's JSON under "bench"
+    files = [r["bench"] if isinstance(r.get("bench"), dict) else r for r in files]
     files.sort(key=lambda r: r.get("date", ""))
     points = {}  # (device, layers, precision, impl) -> {pixels: ms}; newest file last
     for r in files:
-        dev = r.get("device", {}).get("name", "?")
+        dev = r.get("device", "?")
+        dev = dev.get("name", "?") if isinstance(dev, dict) else str(dev)
         for c in r.get("cases", []):
             if c.get("kind") != "iter" or (layers and c.get("layers") not in layers):
                 continue
@@ -132,7 +135,8 @@ def main(argv=None):
     p.add_argument("--layers", help="comma-separated layer sets to plot (default all)")
     p.add_argument("--backend", choices=["auto", "matplotlib", "pil"], default="auto")
     opts = p.parse_args(argv)
-    files = opts.files or sorted(glob.glob(str(RESULTS / "*.json")))
+    files = opts.files or sorted(f for f in glob.glob(str(RESULTS / "*.json"))
+                                 if not f.endswith("-profile.json"))
     layers = set(opts.layers.split(",")) if opts.layers else None
     series = load_series(files, layers)
     if not series:

@@ -132,6 +132,8 @@ def figures(ms, flops, nbytes, peaks):
 # ---------------------------------------------------------------- environment
 
 def git_commit():
+    """(HEAD, tree modified?); where there is no git (a copied tree on a device
+    machine), $CPSTYLE_COMMIT names the commit and dirty is None."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -139,7 +141,7 @@ def git_commit():
                                     cwd=REPO, capture_output=True, text=True).stdout.strip())
         return head, dirty
     except Exception:
-        return "unknown", None
+        return os.environ.get("CPSTYLE_COMMIT") or "unknown", None
 
 
 def cpu_name():
