@@ -60,7 +60,11 @@ def main(argv=None):
     if repeats < 1 or not sizes or min(sizes) < 16:
         p.error("--repeats must be >= 1 and sizes >= 16 px")
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("bench_cpu compares against PyTorch: pip install torch==2.13.0 "
+                         "(the CPU build)") from None
     import cpstyle
     from bench.torch_reference import TorchObjective, TorchVGG16, initial_image, load_weights
 
