@@ -1,0 +1,22 @@
+"""CI's smoke test of the benchmark harness (bench/, issue: benchmark against
+PyTorch): `python -m bench --quick` runs its tiny cases end to end on the CPU,
+checks before it times, and exits non-zero when a check fails."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_quick_runs_and_reports(tmp_path):
+    out = tmp_path / "quick.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.splitlines()[0].startswith("device: cpu")
+    res = json.loads(out.read_text())
+    assert res["cases"] and res["checks_passed"] is True
+    for case in res["cases"]:
+        assert case["check"]["ok"], case["name"]
+        assert case["cpstyle"]["ms_per_iteration"] > 0
