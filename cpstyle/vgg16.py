@@ -7,13 +7,18 @@ ReLU outputs (for the masks), the pool argmaxes and the weights are kept.
 
 The net's shape is data (channel counts from the weights, pools after layers
 1, 3, 6, 9), so tests can run the same code on a small random VGG-like stack.
+pooling="max" is VGG-16's own; "avg" swaps in 2x2 average pools (Gatys et al.
+found avg pooling gives smoother results); `with_pooling` shares the weights.
 Tests: tests/test_vgg16.py."""
+import copy
+
 import numpy as np
 
 from . import layers
 from .backend import get_array_module, resolve_device, to_device, xp_for
 from .ops.conv import conv_backward_cpu, conv_forward_cpu, flip_kernel
-from .ops.pool import maxpool_backward_cpu, maxpool_forward_cpu
+from .ops.pool import (POOLINGS, avgpool_backward_cpu, avgpool_forward_cpu,
+                       maxpool_backward_cpu, maxpool_forward_cpu)
 from .ops.preprocess import (preprocess_backward_cpu, preprocess_forward_cpu,
                              preprocess_params)
 
@@ -23,7 +28,8 @@ class VGG16:
     (or fewer layers for a truncated stack)."""
 
     def __init__(self, params, preprocessing="torch", mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225), device="cpu", dtype=np.float32):
+                 std=(0.229, 0.224, 0.225), device="cpu", dtype=np.float32, pooling="max"):
+        self.pooling = check_pooling(pooling)
         self.device = resolve_device(device)
         self.xp = xp_for(self.device)
         self.dtype = np.dtype(dtype)
@@ -37,12 +43,21 @@ class VGG16:
         self.shift = self.xp.asarray(shift, dtype=self.dtype)
 
     @classmethod
-    def load(cls, device="auto", path=None, dtype=np.float32):
+    def load(cls, device="auto", path=None, dtype=np.float32, pooling="max"):
         """The real ImageNet weights from the cache (cpstyle.weights)."""
         from . import weights
+        pooling = check_pooling(pooling)
         wts = weights.load(path)
         return cls(wts.layers, preprocessing=wts.preprocessing, mean=wts.mean,
-                   std=wts.std, device=device, dtype=dtype)
+                   std=wts.std, device=device, dtype=dtype, pooling=pooling)
+
+    def with_pooling(self, pooling):
+        """This net with other pools (the weight arrays are shared, not copied)."""
+        if check_pooling(pooling) == self.pooling:
+            return self
+        other = copy.copy(self)
+        other.pooling = pooling
+        return other
 
     @property
     def num_layers(self):
@@ -54,7 +69,8 @@ class VGG16:
         if resolve_device(device) == self.device and dtype == self.dtype:
             return self
         params = list(zip(self.kernels, self.biases))
-        return VGG16(params, self.preprocessing, self.mean, self.std, device, dtype)
+        return VGG16(params, self.preprocessing, self.mean, self.std, device, dtype,
+                     self.pooling)
 
     def forward(self, x, tap_ids):
         """x (N, H, W, 3) in 0..255 -> ({id: tap (N, h, w, C)}, cache)."""
@@ -70,7 +86,11 @@ class VGG16:
                 taps[i] = h
             pool_cache = None
             if i in layers.POOL_AFTER and i < tap_ids[-1]:
-                h, pool_cache = maxpool_forward_cpu(h)
+                if self.pooling == "avg":
+                    h, c = avgpool_forward_cpu(h)
+                else:
+                    h, c = maxpool_forward_cpu(h)
+                pool_cache = (self.pooling, c)
             caches.append((conv_cache, pool_cache))
         return taps, caches
 
@@ -80,11 +100,18 @@ class VGG16:
         for i in range(len(caches) - 1, -1, -1):
             conv_cache, pool_cache = caches[i]
             if pool_cache is not None:
-                dh = maxpool_backward_cpu(dh, pool_cache)
+                kind, c = pool_cache
+                dh = (avgpool_backward_cpu if kind == "avg" else maxpool_backward_cpu)(dh, c)
             if i in dtaps:
                 dh = dtaps[i] if dh is None else dh + dtaps[i]
             dh = conv_backward_cpu(dh, conv_cache, self.kernels_flipped[i])
         return preprocess_backward_cpu(dh, self.scale, self.bgr)
+
+
+def check_pooling(pooling):
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}: use one of {POOLINGS}")
+    return pooling
 
 
 def random_params(channels, rng, scale=1.0):

@@ -23,8 +23,10 @@ from cpstyle.ops.gram import (gram_backward_cpu, gram_backward_gpu, gram_forward
 from cpstyle.ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
                               denoise_backward_cpu, denoise_forward_cpu, denoise_sum_gpu,
                               mse_backward_cpu, mse_forward_cpu, mse_sum_gpu, scaled_diff_gpu)
-from cpstyle.ops.pool import (maxpool_backward_cpu, maxpool_backward_gpu, maxpool_forward_cpu,
-                              maxpool_forward_gpu)
+from cpstyle.ops import optim
+from cpstyle.ops.pool import (avgpool_backward_cpu, avgpool_backward_gpu, avgpool_forward_cpu,
+                              avgpool_forward_gpu, maxpool_backward_cpu, maxpool_backward_gpu,
+                              maxpool_forward_cpu, maxpool_forward_gpu)
 from cpstyle.ops.preprocess import (preprocess_backward_cpu, preprocess_backward_gpu,
                                     preprocess_forward_cpu, preprocess_forward_gpu,
                                     preprocess_params)
@@ -183,6 +185,22 @@ def test_maxpool(emu, rng, shape, ties):
     assert_close(dx, maxpool_backward_cpu(dy, (argr, sr)), atol=0, rtol=0, what="maxpool dx")
 
 
+@covers("avgpool_forward_kernel", "avgpool_backward_kernel")
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_avgpool(emu, rng, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    n, h, w, c = shape
+    oshape = (n, h // 2, w // 2, c)
+    y, s = avgpool_forward_gpu(x, out=nan_like(oshape))
+    yr, sr = avgpool_forward_cpu(x)
+    assert s == sr == shape
+    # the same four float32 adds in the same order and an exact ·0.25
+    assert_close(y, yr, atol=0, rtol=0, what="avgpool y")
+    dy = rng.standard_normal(oshape).astype(np.float32)
+    dx = avgpool_backward_gpu(dy, s, out=nan_like(shape))
+    assert_close(dx, avgpool_backward_cpu(dy, sr), atol=0, rtol=0, what="avgpool dx")
+
+
 # ---- losses -------------------------------------------------------------------
 
 SIZES = [(1,), (7,), (3, 33, 5), (1, 33, 17, 3)]  # 1 .. 1683 elements: 1 to 5 blocks
@@ -268,6 +286,114 @@ def test_update(emu, rng, shape):
     assert_close(out, ref, atol=min(step, 255) * 1e-5 + 255 * EPS32, rtol=0, what="update")
     again = update_gpu_inplace(x.copy(), g, 10.0, work=work)
     assert np.array_equal(out, again), "update is not deterministic"
+
+
+# ---- optimisers (kernels/optim.cu) --------------------------------------------------
+
+OPT_SHAPES = [(1,), (7,), (1, 7, 5, 3), (1, 33, 17, 3)]  # 1 .. 1683 elements
+
+
+@covers("adam_kernel")
+@pytest.mark.parametrize("shape", OPT_SHAPES)
+def test_adam(emu, rng, shape):
+    x = rng.uniform(0, 255, shape).astype(np.float32)
+    m = rng.standard_normal(shape).astype(np.float32)
+    v = rng.uniform(0, 2, shape).astype(np.float32)
+    g = (rng.standard_normal(shape) * 3).astype(np.float32)
+    for t in (1, 7):
+        xr, mr, vr = optim.adam_update_cpu(x, m, v, g, 10.0, t)
+        xe, me, ve = x.copy(), m.copy(), v.copy()
+        optim.adam_update_gpu_inplace(xe, me, ve, g, 10.0, t)
+        # β1·m + (1−β1)·g may cancel: the error is ulps of the terms, not of m
+        assert_close(me, mr, atol=2 * EPS32 * (np.abs(m).max() + np.abs(g).max()), rtol=0,
+                     what=f"adam m, t={t}")
+        assert_close(ve, vr, atol=1e-30, rtol=4 * EPS32, what=f"adam v, t={t}")
+        # the step is <= lr·c1/sqrt(c2)·|m|/sqrt(v)-ish: a few ulps of ~10 px
+        assert_close(xe, xr, atol=1e-4, rtol=0, what=f"adam x, t={t}")
+    assert (xe == 0).any() or (xe == 255).any() or x.size < 10  # the clip is exercised
+
+
+@covers("dot_partial_kernel", "reduce_partials_kernel")
+@pytest.mark.parametrize("shape", OPT_SHAPES)
+def test_dot(emu, rng, shape):
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(shape).astype(np.float32)
+    out = np.full(3, np.nan)
+    optim.dot_gpu(a, b, out[1:2], partial=np.full(7, np.nan))
+    assert_close(out[1], optim.dot64(a, b), atol=1e-12, rtol=1e-12, what="dot")
+    assert np.isnan(out[0]) and np.isnan(out[2]), "wrote outside its slot"
+    optim.dot_gpu(a, a, out[0:1])  # the same array twice: y·y
+    assert_close(out[0], optim.dot64(a, a), atol=1e-12, rtol=1e-12, what="dot a·a")
+
+
+@covers("lbfgs_diff_kernel", "lbfgs_pair_kernel", "lbfgs_init_kernel")
+def test_lbfgs_pair_and_init(emu, rng):
+    shape = (1, 7, 5, 3)
+    x, xp_, g, gp = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+    s, y = nan_like(shape), nan_like(shape)
+    optim.lbfgs_diff_gpu(s, y, x, xp_, g, gp)
+    assert_close(s, x - xp_, atol=0, rtol=0, what="s")
+    assert_close(y, g - gp, atol=0, rtol=0, what="y")
+    sc = np.full(4, np.nan)  # rho, gamma, sy, yy
+    for sy, yy in ((3.0, 4.0), (1e-11, 2.0), (-5.0, 1.0), (np.nan, 1.0)):
+        sc[:] = [np.nan, 0.5, sy, yy]
+        optim.lbfgs_pair_gpu(sc[0:1], sc[1:2], sc[2:3], sc[3:4])
+        if sy > optim.CURVATURE_EPS:
+            assert sc[0] == 1 / sy and sc[1] == sy / yy
+        else:
+            assert sc[0] == 0.0 and sc[1] == 0.5, (sy, sc)  # rejected: gamma kept
+    sc[1] = 100.0  # sqsum
+    optim.lbfgs_init_gpu(sc[0:1], sc[1:2], 10.0, 25)
+    assert sc[0] == pytest.approx(10.0 / (2.0 + 1e-8), rel=1e-15)
+
+
+@covers("lbfgs_first_loop_kernel", "lbfgs_scale_kernel", "lbfgs_second_loop_kernel",
+        "dot_partial_kernel", "reduce_partials_kernel")
+@pytest.mark.parametrize("shape,npairs", [((1, 7, 5, 3), 1), ((1, 33, 17, 3), 3)])
+def test_lbfgs_two_loop(emu, rng, shape, npairs):
+    """The two loops built from the kernels, as cpstyle/optimizers.py runs them,
+    against lbfgs_direction_cpu; one pair has rho = 0 (rejected)."""
+    g = rng.standard_normal(shape).astype(np.float32)
+    pairs = []
+    for k in range(npairs):
+        s = rng.standard_normal(shape).astype(np.float32)
+        y = (s * rng.uniform(0.5, 2, shape) + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        rho = 0.0 if k == 1 else 1.0 / optim.dot64(s, y)
+        pairs.append((s, y, rho))
+    gamma = 0.7
+    ref = optim.lbfgs_direction_cpu(g, pairs, gamma)
+    sc = np.zeros(2 * max(npairs, 1) + 2)  # rho.., alpha.., gamma, dot
+    rho, alpha = sc[:npairs], sc[npairs:2 * npairs]
+    rho[:] = [p[2] for p in pairs]
+    sc[-2] = gamma
+    q = g.copy()
+    for k in reversed(range(npairs)):
+        optim.dot_gpu(pairs[k][0], q, sc[-1:])
+        optim.lbfgs_first_loop_gpu(q, alpha[k:k + 1], pairs[k][1], rho[k:k + 1], sc[-1:])
+    optim.lbfgs_scale_gpu(q, sc[-2:-1])
+    for k in range(npairs):
+        optim.dot_gpu(pairs[k][1], q, sc[-1:])
+        optim.lbfgs_second_loop_gpu(q, pairs[k][0], rho[k:k + 1], alpha[k:k + 1], sc[-1:])
+    scale = np.abs(ref).max()
+    assert_close(q / scale, ref / scale, atol=1e-5, rtol=0, what="two-loop direction")
+
+
+@covers("lbfgs_scale_kernel")
+def test_lbfgs_no_pairs_is_gamma_times_g(emu, rng):
+    g = rng.standard_normal((1, 7, 5, 3)).astype(np.float32)
+    gamma = np.array([np.nan, 0.3])
+    q = g.copy()
+    optim.lbfgs_scale_gpu(q, gamma[1:])
+    assert_close(q, optim.lbfgs_direction_cpu(g, [], 0.3), atol=0, rtol=0, what="gamma·g")
+
+
+@covers("descend_clip_kernel")
+@pytest.mark.parametrize("shape", OPT_SHAPES)
+def test_descend_clip(emu, rng, shape):
+    x = rng.uniform(0, 255, shape).astype(np.float32)
+    d = (rng.standard_normal(shape) * 100).astype(np.float32)
+    out = optim.descend_clip_gpu_inplace(x.copy(), d)
+    assert_close(out, optim.descend_clip_cpu(x, d), atol=0, rtol=0, what="descend + clip")
 
 
 # ---- gram (the backend's matmul: no kernel, but the wrappers' plumbing) ------------

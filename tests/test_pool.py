@@ -38,3 +38,37 @@ def test_maxpool_backward_gradcheck(shape, rng):
     err = directional_check(lambda z: float(np.sum(maxpool_forward_cpu(z)[0] * r)), dx, x, rng,
                             eps=1e-7)
     assert err < 1e-6, f"relative error {err:.3g}"
+
+
+# ---- average pooling ----------------------------------------------------------
+
+from cpstyle.ops.pool import avgpool_backward_cpu, avgpool_forward_cpu  # noqa: E402
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2, 1), (1, 7, 5, 3), (2, 8, 9, 4), (1, 1, 4, 2)])
+def test_avgpool_forward_matches_loops(shape, rng):
+    x = rng.standard_normal(shape)
+    y, cache = avgpool_forward_cpu(x)
+    n, h, w, c = shape
+    assert y.shape == (n, h // 2, w // 2, c) and cache == shape
+    for idx in np.ndindex(*y.shape):
+        b, i, j, k = idx
+        assert y[idx] == pytest.approx(x[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2, k].mean(), rel=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 5, 3), (2, 6, 9, 2), (1, 33, 3, 2)])
+def test_avgpool_backward_gradcheck(shape, rng):
+    x = rng.standard_normal(shape)
+    y, cache = avgpool_forward_cpu(x)
+    r = rng.standard_normal(y.shape)
+    dx = avgpool_backward_cpu(r, cache)
+    assert dx.shape == x.shape
+    assert np.all(dx[:, 2 * (shape[1] // 2):] == 0) and np.all(dx[:, :, 2 * (shape[2] // 2):] == 0)
+    err = directional_check(lambda z: float(np.sum(avgpool_forward_cpu(z)[0] * r)), dx, x, rng,
+                            eps=1e-6)
+    assert err < 1e-8, f"relative error {err:.3g}"
+
+
+def test_avgpool_differs_from_maxpool(rng):
+    x = rng.standard_normal((1, 4, 4, 2))
+    assert not np.allclose(avgpool_forward_cpu(x)[0], maxpool_forward_cpu(x)[0])

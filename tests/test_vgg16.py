@@ -32,16 +32,45 @@ def direct_forward(x, params, upto, mean, std):
     return h
 
 
-def test_backward_gradcheck_through_all_layers_odd_shape(rng):
-    model = small_vgg(rng)
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_backward_gradcheck_through_all_layers_odd_shape(rng, pooling):
+    model = small_vgg(rng).with_pooling(pooling)
     x = rng.uniform(0, 255, (1, 17, 23, 3))
     taps, caches = model.forward(x, [2, 8, 12])
     assert taps[12].shape == (1, 1, 1, 4)  # 17x23 -> 8x11 -> 4x5 -> 2x2 -> 1x1
     r = {i: rng.standard_normal(t.shape) for i, t in taps.items()}
     dx = model.backward(r, caches)
     f = lambda z: sum(float(np.sum(t * r[i])) for i, t in model.forward(z, [2, 8, 12])[0].items())
-    err = directional_check(f, dx, x, rng, eps=1e-5)
+    # avg pools sum more terms: roundoff passes truncation below eps ~1e-4 there
+    err = directional_check(f, dx, x, rng, eps=1e-5 if pooling == "max" else 1e-3)
     assert err < 1e-6, f"relative error {err:.3g}"
+
+
+def test_avg_pooling_is_honoured(rng):
+    """with_pooling shares the weights; the taps behind a pool change, those
+    before the first pool do not; a float64 direct net with avg pools agrees."""
+    model = small_vgg(rng)
+    avg = model.with_pooling("avg")
+    assert avg.kernels is model.kernels and model.pooling == "max" and avg.pooling == "avg"
+    x = rng.uniform(0, 255, (1, 17, 23, 3))
+    tm, _ = model.forward(x, [1, 4])
+    ta, _ = avg.forward(x, [1, 4])
+    np.testing.assert_array_equal(tm[1], ta[1])
+    assert not np.allclose(tm[4], ta[4])
+    h = direct_forward(x, list(zip(model.kernels, model.biases)), 1, model.mean, model.std)
+    n, hh, ww, c = h.shape
+    h = h[:, :hh // 2 * 2, :ww // 2 * 2].reshape(n, hh // 2, 2, ww // 2, 2, c).mean(axis=(2, 4))
+    got, _ = avg.forward(x, [2])
+    # conv2_1 on the avg-pooled conv1_2 output, by hand
+    w, b = model.kernels[2], model.biases[2]
+    p = np.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = np.zeros(h.shape[:3] + (w.shape[3],)) + b
+    for ky in range(3):
+        for kx in range(3):
+            y += np.tensordot(p[:, ky:ky + h.shape[1], kx:kx + h.shape[2]], w[ky, kx], axes=([3], [0]))
+    assert_close(got[2], np.maximum(y, 0), atol=1e-9, rtol=1e-9, what="conv2_1 after avg pool")
+    with pytest.raises(ValueError, match="pooling"):
+        model.with_pooling("min")
 
 
 def test_forward_stops_at_deepest_tap(rng):

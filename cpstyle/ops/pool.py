@@ -1,8 +1,10 @@
-"""Max-pool 2x2, stride 2, floor for odd sizes (PyTorch's convention).
+"""Max-pool and average-pool 2x2, stride 2, floor for odd sizes (PyTorch's convention).
 
-Ties go to the first maximum in row-major order inside the window: window slot
-k = 2*dy + dx, and argmax returns the first maximal slot. Backward scatters dy
-to the argmax; the cropped last row/column (odd sizes) gets zero.
+Max: ties go to the first maximum in row-major order inside the window: window
+slot k = 2*dy + dx, and argmax returns the first maximal slot. Backward scatters
+dy to the argmax; the cropped last row/column (odd sizes) gets zero.
+Average (at the end of the file): y = (x00 + x01 + x10 + x11)/4, summed in that
+order; backward gives each of the four inputs dy/4, the cropped row/column zero.
 Kernels: kernels/pool.cu. Tests: tests/test_pool.py."""
 from ..backend import get_array_module
 
@@ -80,3 +82,68 @@ def maxpool_backward(dout, cache):
     if _on_gpu(dout):
         return maxpool_backward_gpu(dout, cache)
     return maxpool_backward_cpu(dout, cache)
+
+
+# ---- average pooling (VGG16(pooling="avg"), the `--pooling avg` option) ------
+
+POOLINGS = ("max", "avg")
+
+
+def avgpool_forward_cpu(x):
+    """x (N, H, W, C) -> y (N, H//2, W//2, C), cache = x.shape."""
+    n, h, w, c = x.shape
+    ho, wo = h // 2, w // 2
+    win = x[:, :2 * ho, :2 * wo, :].reshape(n, ho, 2, wo, 2, c)
+    # slot order 00, 01, 10, 11 and one multiply: what the kernel does
+    y = (win[:, :, 0, :, 0] + win[:, :, 0, :, 1] + win[:, :, 1, :, 0] + win[:, :, 1, :, 1]) * 0.25
+    return y.astype(x.dtype, copy=False), tuple(x.shape)
+
+
+def avgpool_backward_cpu(dout, cache):
+    """dout (N, Ho, Wo, C) -> dx (N, H, W, C): dx = dy/4 over each window."""
+    xp = get_array_module(dout)
+    n, h, w, c = cache
+    ho, wo = h // 2, w // 2
+    dx = xp.zeros(cache, dtype=dout.dtype)
+    q = dout * 0.25  # (N, Ho, Wo, C)
+    win = dx[:, :2 * ho, :2 * wo, :].reshape(n, ho, 2, wo, 2, c)  # a view of dx
+    for dy in (0, 1):
+        for dxx in (0, 1):
+            win[:, :, dy, :, dxx] = q
+    return dx
+
+
+def avgpool_forward_gpu(x, out=None):
+    """x (N, H, W, C) float32 -> y (N, H//2, W//2, C), cache x.shape."""
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    y = cuda.out_array(xp, out, (n, h // 2, w // 2, c))
+    blk = cuda.config["block"]
+    cuda.launch(cuda.get_kernel("pool", "avgpool_forward_kernel"), cuda.ceil_div(y.size, blk), blk,
+                (y, x, cuda.i32(n), cuda.i32(h), cuda.i32(w), cuda.i32(c)))
+    return y, tuple(x.shape)
+
+
+def avgpool_backward_gpu(dout, cache, out=None):
+    """dout (N, Ho, Wo, C) -> dx (N, H, W, C), every element written."""
+    xp = get_array_module(dout)
+    n, h, w, c = cache
+    if dout.shape != (n, h // 2, w // 2, c):
+        raise ValueError(f"avgpool backward: dout {dout.shape}, input {cache}")
+    dx = cuda.out_array(xp, out, cache)
+    blk = cuda.config["block"]
+    cuda.launch(cuda.get_kernel("pool", "avgpool_backward_kernel"), cuda.ceil_div(dx.size, blk), blk,
+                (dx, dout, cuda.i32(n), cuda.i32(h), cuda.i32(w), cuda.i32(c)))
+    return dx
+
+
+def avgpool_forward(x):
+    if _on_gpu(x):
+        return avgpool_forward_gpu(x)
+    return avgpool_forward_cpu(x)
+
+
+def avgpool_backward(dout, cache):
+    if _on_gpu(dout):
+        return avgpool_backward_gpu(dout, cache)
+    return avgpool_backward_cpu(dout, cache)

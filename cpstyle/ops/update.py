@@ -42,6 +42,21 @@ def _kernel(name):
     return cuda.get_kernel("update", name, cuda.reduce_defines())
 
 
+def centered_sqsum_gpu(g, work):
+    """work.sqsum[0] = Σ (g − mean(g))² in double, two passes, on the device
+    (std(g) = sqrt(sqsum/n)); also used by the L-BFGS first step."""
+    n = g.size
+    nb, t = cuda.reduce_grid(n), cuda.config["reduce_threads"]
+    if work.partial.size < nb:
+        raise ValueError(f"update work: {work.partial.size} partials for a grid of {nb}")
+    cuda.launch(_kernel("sum_partial_kernel"), nb, t, (work.partial, g, cuda.i32(n)))
+    cuda.launch(_kernel("reduce_partials_kernel"), 1, t, (work.total, work.partial, cuda.i32(nb)))
+    cuda.launch(_kernel("centered_sqsum_partial_kernel"), nb, t,
+                (work.partial, g, work.total, cuda.i32(n)))
+    cuda.launch(_kernel("reduce_partials_kernel"), 1, t, (work.sqsum, work.partial, cuda.i32(nb)))
+    return work.sqsum
+
+
 def update_gpu_inplace(x, g, step_size, work=None):
     """x ← clip(x − g·step_size/(std(g) + 1e-8), 0, 255) in place; returns x.
     std (population) in double on the device: no host synchronisation."""
@@ -53,14 +68,7 @@ def update_gpu_inplace(x, g, step_size, work=None):
         return x
     if work is None:
         work = make_update_work(n, xp)
-    nb, t = cuda.reduce_grid(n), cuda.config["reduce_threads"]
-    if work.partial.size < nb:
-        raise ValueError(f"update work: {work.partial.size} partials for a grid of {nb}")
-    cuda.launch(_kernel("sum_partial_kernel"), nb, t, (work.partial, g, cuda.i32(n)))
-    cuda.launch(_kernel("reduce_partials_kernel"), 1, t, (work.total, work.partial, cuda.i32(nb)))
-    cuda.launch(_kernel("centered_sqsum_partial_kernel"), nb, t,
-                (work.partial, g, work.total, cuda.i32(n)))
-    cuda.launch(_kernel("reduce_partials_kernel"), 1, t, (work.sqsum, work.partial, cuda.i32(nb)))
+    centered_sqsum_gpu(g, work)
     blk = cuda.config["block"]
     cuda.launch(_kernel("update_kernel"), cuda.ceil_div(n, blk), blk,
                 (x, g, work.sqsum, cuda.f32(step_size), cuda.i32(n)))

@@ -13,7 +13,7 @@ Every launch also checks what NaN-poisoned outputs cannot show: each array goes
 to the kernel inside a guard band (GUARD elements each side, filled with a
 guard value); after the launch a changed guard is an out-of-bounds write, and a
 changed `const` array is a write through a const pointer. Output arrays are
-copied back; arguments that share memory are refused.
+copied back; arguments that share memory are refused unless all are const.
 
     emu = Emulator()
     emu.launch(kernel, grid, block, args)      # kernel from cpstyle.cuda.get_kernel
@@ -119,12 +119,14 @@ class Emulator:
         grid, block = cuda._dim3(grid), cuda._dim3(block)
         cuda.check_args(kernel, args)
         mod = self.module(kernel.module, kernel.defines, getattr(kernel, "source", None))
-        arrays = [a for a, p in zip(args, kernel.params) if p.pointer]
-        for i, a in enumerate(arrays):
-            for b in arrays[i + 1:]:
-                if a.size and b.size and np.shares_memory(a, b):
+        arrays = [(a, p) for a, p in zip(args, kernel.params) if p.pointer]
+        for i, (a, pa) in enumerate(arrays):
+            for b, pb in arrays[i + 1:]:
+                # each argument is copied in (and back out): two read-only views
+                # of the same memory are fine, a written one is not
+                if a.size and b.size and not (pa.const and pb.const) and np.shares_memory(a, b):
                     raise ValueError(f"{kernel.name}: the emulator does not take arguments "
-                                     "that share memory")
+                                     "that share memory (unless all of them are const)")
         keep, holders, guarded = [], [], []
         for a, p in zip(args, kernel.params):
             if p.pointer:
