@@ -1,5 +1,7 @@
 """VGG-16's conv layers: names, channel counts, where the pools sit, and the
-parsing of user layer lists (ids 0..12 or names like "conv3_1")."""
+parsing of user layer lists (ids 0..12 or names like "conv3_1") and of
+per-layer weights."""
+import math
 
 LAYER_NAMES = (
     "conv1_1", "conv1_2",
@@ -42,6 +44,51 @@ def layer_id(spec):
     if not 0 <= i < len(LAYER_NAMES):
         raise ValueError(f"layer id {i} is out of range: VGG-16 has conv layers 0..12")
     return i
+
+
+def check_weights(weights, count, what):
+    """A list of `count` finite numbers >= 0 with a positive sum -> the list
+    divided by its sum (floats). ValueError naming `what` otherwise."""
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
+        raise ValueError(f"{what} must be a list of numbers, got {weights!r}")
+    if len(weights) != count:
+        raise ValueError(f"{what}: {len(weights)} weights for {count} "
+                         f"{'entry' if count == 1 else 'entries'}; give one per entry")
+    out = []
+    for w in weights:
+        try:
+            v = float(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: {w!r} is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{what}: weights must be finite numbers >= 0, got {w!r}")
+        out.append(v)
+    total = sum(out)
+    if total <= 0:
+        raise ValueError(f"{what}: the weights sum to 0; at least one must be > 0")
+    return [v / total for v in out]
+
+
+def weighted_layer_ids(specs, weights=None, what="layers"):
+    """Layers (ids or names, in the user's order) and optional per-layer weights
+    in that order -> (sorted unique ids, weights normalised to sum 1 in the order
+    of the ids). No weights: all equal (the tutorial's mean over layers)."""
+    if isinstance(specs, (str, int)):
+        specs = [specs]
+    specs = list(specs)
+    ids = [layer_id(s) for s in specs]
+    if not ids:
+        raise ValueError(f"{what}: the list of layers is empty")
+    if weights is None:
+        uniq = sorted(set(ids))
+        return uniq, [1.0 / len(uniq)] * len(uniq)
+    if len(set(ids)) != len(ids):
+        dup = sorted({LAYER_NAMES[i] for i in ids if ids.count(i) > 1})
+        raise ValueError(f"{what}: layer {', '.join(dup)} is listed twice; with per-layer "
+                         f"weights each layer must appear once")
+    w = check_weights(weights, len(ids), f"{what} weights")
+    pairs = sorted(zip(ids, w))
+    return [i for i, _ in pairs], [v for _, v in pairs]
 
 
 def layer_ids(specs, what="layers"):

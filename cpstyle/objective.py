@@ -1,14 +1,24 @@
-"""The tutorial's objective and its normalised gradient (DESIGN.md §5).
+"""The tutorial's objective and its normalised gradient (DESIGN.md §5), with
+the options of issue #5.
 
-    L_c = mean over content layers of mean((F_l − P_l)²)
-    L_s = mean over style layers of mean((G_l − A_l)²),  G_l = F_lᵀ·F_l (· 1/(h·w) if gram_norm="hw")
+    L_c = Σ_l a_l · mean((F_l − P_l)²)           content layers, Σ a_l = 1
+    L_s = Σ_l b_l · mean((G_l − A_l)²)           style layers,   Σ b_l = 1
+          G_l = F_lᵀ·F_l (· 1/(h·w) if gram_norm="hw"),  A_l = Σ_k w_k A_{k,l}
     L_d = Σ|x[i+1,j] − x[i,j]| + Σ|x[i,j+1] − x[i,j]|
     grad = w_c·∇L_c/(L_c+1e-10) + w_s·∇L_s/(L_s+1e-10) + w_d·∇L_d/(L_d+1e-10)
+         = ∇ Φ,  Φ = Σ w·log(L + 1e-10)                          (the default)
+    grad = w_c·∇L_c + w_s·∇L_s + w_d·∇L_d = ∇ Φ,  Φ = Σ w·L    (constant_weights)
 
-with the CURRENT losses in the adj factors. The net's backward is linear in the
-tap gradients, so the adj factors scale the tap gradients before one backward.
+with the CURRENT losses in the adj factors. a_l, b_l: per-layer weights (equal
+by default: the tutorial's mean over layers); A_{k,l}: the Gram targets of style
+image k (each at its own size), blended with weights w_k (Σ w_k = 1). Every
+optimiser (cpstyle/optimizers.py) minimises Φ, so `potential` is the number
+they are compared on. The net's backward is linear in the tap gradients, so the
+adj factors scale the tap gradients before one backward.
 This module is the reference path (NumPy, or the same array ops on CuPy); the
 on-device fast path lives in cpstyle/gpu_engine.py. Tests: tests/test_objective.py."""
+import math
+
 import numpy as np
 
 from . import layers
@@ -20,6 +30,28 @@ from .ops.loss import (denoise_backward_cpu, denoise_forward_cpu, mse_backward_c
 
 ADJ_EPS = 1e-10
 GRAM_NORMS = ("none", "hw")
+
+
+def style_images(style, blend_weights=None, what="style image"):
+    """One image or a list of them, and optional blend weights -> (list of
+    validated images, weights normalised to sum 1)."""
+    styles = list(style) if isinstance(style, (list, tuple)) else [style]
+    if not styles:
+        raise ValueError("no style image given")
+    n = len(styles)
+    styles = [validate_image(s, what if n == 1 else f"{what} {k + 1}")
+              for k, s in enumerate(styles)]
+    if blend_weights is None:
+        return styles, [1.0 / n] * n
+    return styles, layers.check_weights(blend_weights, n, "style_blend_weights")
+
+
+def potential(losses, weights, constant_weights=False):
+    """Φ at the given (host) losses: Σ w·log(L + 1e-10), or Σ w·L with
+    constant weights. The function whose gradient `evaluate` returns."""
+    if constant_weights:
+        return float(sum(w * float(l) for w, l in zip(weights, losses)))
+    return float(sum(w * math.log(float(l) + ADJ_EPS) for w, l in zip(weights, losses)))
 
 
 def gram_norm_factor(gram_norm, shape):
@@ -45,14 +77,19 @@ class StyleObjective:
 
     def __init__(self, content, style, content_layer_ids=(4,),
                  style_layer_ids=tuple(range(13)), weight_content=1.5,
-                 weight_style=10.0, weight_denoise=0.3, model=None, gram_norm="none"):
+                 weight_style=10.0, weight_denoise=0.3, model=None, gram_norm="none",
+                 content_layer_weights=None, style_layer_weights=None,
+                 style_blend_weights=None, constant_weights=False):
+        self.content_ids, self.content_layer_weights = layers.weighted_layer_ids(
+            content_layer_ids, content_layer_weights, "content layers")
+        self.style_ids, self.style_layer_weights = layers.weighted_layer_ids(
+            style_layer_ids, style_layer_weights, "style layers")
+        self.constant_weights = bool(constant_weights)
         if model is None:
             from .vgg16 import VGG16
             model = VGG16.load(device="auto")
         self.model = model
         xp = self.xp = model.xp
-        self.content_ids = layers.layer_ids(content_layer_ids, "content layers")
-        self.style_ids = layers.layer_ids(style_layer_ids, "style layers")
         for i in self.content_ids + self.style_ids:
             if i >= model.num_layers:
                 raise ValueError(f"layer id {i} is out of range: this net has "
@@ -64,17 +101,20 @@ class StyleObjective:
             raise ValueError(f"unknown gram_norm {gram_norm!r}: use one of {GRAM_NORMS}")
         self.gram_norm = gram_norm
         content = validate_image(content, "content image")
-        style = validate_image(style, "style image")
+        styles, self.blend_weights = style_images(style, style_blend_weights)
         self.shape = content.shape
         c = to_device(content, xp, model.dtype)[None]
-        s = to_device(style, xp, model.dtype)[None]
         taps, _ = model.forward(c, self.content_ids)
         self.content_targets = {i: taps[i] for i in self.content_ids}
-        taps, _ = model.forward(s, self.style_ids)
         self.style_targets = {}
-        for i in self.style_ids:
-            self.style_targets[i], _ = gram_forward_cpu(
-                taps[i], gram_norm_factor(gram_norm, taps[i].shape))
+        for style, wk in zip(styles, self.blend_weights):
+            taps, _ = model.forward(to_device(style, xp, model.dtype)[None], self.style_ids)
+            for i in self.style_ids:
+                a, _ = gram_forward_cpu(taps[i], gram_norm_factor(gram_norm, taps[i].shape))
+                if len(styles) > 1:  # one style: A as computed, bit for bit
+                    a = a * model.dtype.type(wk)
+                self.style_targets[i] = a if i not in self.style_targets \
+                    else self.style_targets[i] + a
         self.tap_ids = sorted(set(self.content_ids) | set(self.style_ids))
         self.last_adj = None
 
@@ -83,29 +123,37 @@ class StyleObjective:
         adj (3,) device array, grad (1, H, W, 3))."""
         xp, model = self.xp, self.model
         taps, caches = model.forward(x, self.tap_ids)
-        nc, ns = len(self.content_ids), len(self.style_ids)
-        lc = sum(mse_forward_cpu(taps[i], self.content_targets[i]) for i in self.content_ids) / nc
+        cw = dict(zip(self.content_ids, self.content_layer_weights))
+        sw = dict(zip(self.style_ids, self.style_layer_weights))
+        lc = sum(cw[i] * mse_forward_cpu(taps[i], self.content_targets[i])
+                 for i in self.content_ids)
         grams = {}
         ls = 0.0
         for i in self.style_ids:
             grams[i] = gram_forward_cpu(taps[i], gram_norm_factor(self.gram_norm, taps[i].shape))
-            ls = ls + mse_forward_cpu(grams[i][0], self.style_targets[i])
-        ls = ls / ns
+            ls = ls + sw[i] * mse_forward_cpu(grams[i][0], self.style_targets[i])
         ld = denoise_forward_cpu(x)
         losses = xp.stack([xp.asarray(lc), xp.asarray(ls), xp.asarray(ld)]).astype(model.dtype)
-        adj = 1.0 / (losses + ADJ_EPS)
+        if self.constant_weights:
+            adj = xp.ones(3, dtype=model.dtype)  # the factors used: none
+        else:
+            adj = 1.0 / (losses + ADJ_EPS)
         coef = xp.asarray(self.weights, dtype=model.dtype) * adj
         dtaps = {}
         for i in self.content_ids:
-            dtaps[i] = mse_backward_cpu(taps[i], self.content_targets[i], coef[0] / nc)
+            dtaps[i] = mse_backward_cpu(taps[i], self.content_targets[i], coef[0] * cw[i])
         for i in self.style_ids:
             g, cache = grams[i]
-            dg = mse_backward_cpu(g, self.style_targets[i], coef[1] / ns)
+            dg = mse_backward_cpu(g, self.style_targets[i], coef[1] * sw[i])
             d = gram_backward_cpu(dg, cache)
             dtaps[i] = d if i not in dtaps else dtaps[i] + d
         grad = model.backward(dtaps, caches)
         grad += denoise_backward_cpu(x, coef[2])
         return losses, adj, grad
+
+    def potential(self, losses):
+        """Φ (module docstring) at host losses (3,)."""
+        return potential(losses, self.weights, self.constant_weights)
 
     def __call__(self, mixed):
         mixed = validate_image(mixed, "mixed image")
