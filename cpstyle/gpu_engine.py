@@ -3,17 +3,21 @@ allocated once and every scalar kept on the GPU.
 
 Per iteration, all on one stream, no host synchronisation:
 
-    h = preprocess(x); taps = conv/pool stack                 (kernels + cuBLAS)
-    losses[0] = Σ_l mean((F_l−P_l)²)/nc,  losses[1] = Σ_l mean((G_l−A_l)²)/ns,
+    h = preprocess(x); taps = conv/pool stack (max or avg)    (kernels + cuBLAS)
+    losses[0] = Σ_l a_l·mean((F_l−P_l)²),  losses[1] = Σ_l b_l·mean((G_l−A_l)²),
     losses[2] = TV(x)                                         (two-stage reductions)
-    adj = 1/(losses+1e-10),  coef = weights·adj               (device scalars)
-    dF_l = coef[0]·2(F_l−P_l)/(numel·nc) ;  dG_l = coef[1]·2(G_l−A_l)/(C²·ns)
+    adj = 1/(losses+1e-10),  coef = weights·adj               (device scalars;
+                                        constant weights: adj = 1, coef = weights)
+    dF_l = coef[0]·2a_l(F_l−P_l)/numel ;  dG_l = coef[1]·2b_l(G_l−A_l)/C²
     dF_l += 2·F_l·dG_l                                         (G, A symmetric)
     grad = backward(dF) + coef[2]·∂TV/∂x
-    x = clip(x − grad·step/(std(grad)+1e-8), 0, 255)          (std on device)
+    x = step(x, grad)      gd: clip(x − grad·step/(std(grad)+1e-8), 0, 255) (std on
+                           device); adam, lbfgs: cpstyle/optimizers.py's device classes
 
-The host reads losses only at progress callbacks. Reference: cpstyle/objective.py
-and cpstyle/driver.py (the NumPy path). Tests: tests/test_gpu_engine.py."""
+a_l, b_l: per-layer weights (sum 1); A_l: the (blended) style targets. The host
+reads losses only at progress callbacks. Reference: cpstyle/objective.py,
+cpstyle/optimizers.py and cpstyle/driver.py (the NumPy path).
+Tests: tests/test_gpu_engine.py, tests/test_gpu_engine_emulated.py."""
 import contextlib
 import time
 
@@ -21,7 +25,8 @@ import numpy as np
 
 from . import layers
 from .backend import to_host
-from .objective import ADJ_EPS, StyleObjective, gram_norm_factor
+from .objective import StyleObjective, gram_norm_factor
+from .optimizers import Settings, check_optimizer, make_device_optimizer
 
 PRECISIONS = ("fp32", "tf32")
 
@@ -48,8 +53,12 @@ def matmul_precision(precision, xp=None):
 class GpuStyleTransfer:
     def __init__(self, model, content, style, content_layer_ids, style_layer_ids,
                  weight_content, weight_style, weight_denoise, gram_norm="none",
-                 precision="fp32"):
-        from .ops.update import make_update_work
+                 precision="fp32", content_layer_weights=None, style_layer_weights=None,
+                 style_blend_weights=None, constant_weights=False, optimizer="gd",
+                 step_size=10.0):
+        """`optimizer`: a name ('gd', 'adam', 'lbfgs'; default settings) or the
+        Settings of cpstyle.optimizers.check_optimizer. `style`: one image or a
+        list (blended with style_blend_weights)."""
         # A CPU model runs this same engine with NumPy arrays through the kernel
         # emulator (tests/emulation): the CI check of the on-device driver.
         cp = model.xp
@@ -57,15 +66,23 @@ class GpuStyleTransfer:
             raise ValueError("the GPU engine runs float32 storage")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+        self.settings = optimizer if isinstance(optimizer, Settings) else \
+            check_optimizer(optimizer, step_size)
         self.precision = precision
         self.cp, self.model = cp, model
         with matmul_precision(precision, cp):
             # Targets once, through the reference path on the device.
             self.ref = StyleObjective(content, style, content_layer_ids, style_layer_ids,
                                       weight_content, weight_style, weight_denoise,
-                                      model=model, gram_norm=gram_norm)
+                                      model=model, gram_norm=gram_norm,
+                                      content_layer_weights=content_layer_weights,
+                                      style_layer_weights=style_layer_weights,
+                                      style_blend_weights=style_blend_weights,
+                                      constant_weights=constant_weights)
         ref = self.ref
         self.content_ids, self.style_ids = ref.content_ids, ref.style_ids
+        self.constant_weights = ref.constant_weights
+        self.avg_pool = model.pooling == "avg"
         self.depth = ref.tap_ids[-1] + 1
         h, w, _ = ref.shape
         f32 = np.float32
@@ -86,7 +103,8 @@ class GpuStyleTransfer:
             cols = max(cols, hh * ww * 9 * max(cin, cout))
             if i in layers.POOL_AFTER and i < self.depth - 1:
                 self.pooled.append(cp.empty((1, hh // 2, ww // 2, cout), f32))
-                self.argmax.append(cp.empty((1, hh // 2, ww // 2, cout), np.uint8))
+                self.argmax.append(None if self.avg_pool else
+                                   cp.empty((1, hh // 2, ww // 2, cout), np.uint8))
                 hh, ww = hh // 2, ww // 2
             else:
                 self.pooled.append(None)
@@ -97,21 +115,23 @@ class GpuStyleTransfer:
         self.adj = cp.zeros(3, f32)
         self.coef = cp.zeros(3, f32)
         self.weights = cp.asarray(ref.weights, dtype=f32)
-        nc, ns = len(self.content_ids), len(self.style_ids)
+        if self.constant_weights:  # fixed for the whole run: set once
+            self.adj[...] = 1.0
+            self.coef[...] = self.weights
         self.content = []   # (id, target, tap grad buffer, mse scale, grad k)
-        for i in self.content_ids:
+        for i, a_l in zip(self.content_ids, ref.content_layer_weights):
             p = ref.content_targets[i]
-            self.content.append((i, p, cp.empty_like(p), 1.0 / (p.size * nc), 2.0 / (p.size * nc)))
+            self.content.append((i, p, cp.empty_like(p), a_l / p.size, 2.0 * a_l / p.size))
         self.style = []     # (id, target, G, dG, dF, norm, mse scale, grad k)
-        for i in self.style_ids:
+        for i, b_l in zip(self.style_ids, ref.style_layer_weights):
             a = ref.style_targets[i]
             c = a.shape[-1]
             norm = gram_norm_factor(gram_norm, self.acts[i].shape)
             self.style.append((i, a, cp.empty_like(a), cp.empty_like(a),
                                cp.empty_like(self.acts[i]), norm,
-                               1.0 / (c * c * ns), 2.0 / (c * c * ns)))
+                               b_l / (c * c), 2.0 * b_l / (c * c)))
         self.partial = cp.empty(4096, np.float64)
-        self.update_work = make_update_work(self.x.size, cp)
+        self.optimizer = make_device_optimizer(self.settings, self.x)
         self.marks = None  # a list: iteration() records (label, event) after each stage
 
     def _mark(self, label):
@@ -123,15 +143,24 @@ class GpuStyleTransfer:
     def _cols(self, rows, width):
         return self.cols[:rows * width].reshape(rows, width)
 
-    def iteration(self, step_size):
-        """One step of the loop; enqueues kernels only."""
+    def iteration(self, step_size=None):
+        """One step of the loop: evaluate at x, then the optimiser's step (gd
+        and lbfgs take `step_size` if given); enqueues kernels only."""
+        self.evaluate()
+        if step_size is not None and hasattr(self.optimizer, "step_size"):
+            self.optimizer.step_size = float(step_size)
+        self.optimizer.step(self.x, self.grad)
+        self._mark("update")
+
+    def evaluate(self):
+        """losses, adj, coef and grad at the current x; enqueues kernels only."""
         from .ops.conv import conv_backward_gpu, conv_forward_gpu
         from .ops.gram import gram_forward_gpu
         from .ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
                                denoise_sum_gpu, mse_sum_gpu, scaled_diff_gpu)
-        from .ops.pool import maxpool_backward_gpu, maxpool_forward_gpu
+        from .ops.pool import (avgpool_backward_gpu, avgpool_forward_gpu,
+                               maxpool_backward_gpu, maxpool_forward_gpu)
         from .ops.preprocess import preprocess_backward_gpu, preprocess_forward_gpu
-        from .ops.update import update_gpu_inplace
         cp, m = self.cp, self.model
         self._mark("start")
         preprocess_forward_gpu(self.x, m.scale, m.shift, m.bgr, out=self.h0)
@@ -143,7 +172,10 @@ class GpuStyleTransfer:
             h = self.acts[i]
             self._mark(f"conv forward {i}")
             if self.pooled[i] is not None:
-                maxpool_forward_gpu(h, out=self.pooled[i], argmax=self.argmax[i])
+                if self.avg_pool:
+                    avgpool_forward_gpu(h, out=self.pooled[i])
+                else:
+                    maxpool_forward_gpu(h, out=self.pooled[i], argmax=self.argmax[i])
                 h = self.pooled[i]
                 self._mark(f"pool forward {i}")
         # losses and adj weights, on the device
@@ -154,7 +186,8 @@ class GpuStyleTransfer:
             gram_forward_gpu(self.acts[i], norm, out=g)
             mse_sum_gpu(g, a, self.losses[1:2], scale, accumulate=k > 0, partial=self.partial)
         denoise_sum_gpu(self.x, self.losses[2:3], partial=self.partial)
-        adj_weights_gpu(self.losses, self.weights, adj=self.adj, coef=self.coef)
+        if not self.constant_weights:
+            adj_weights_gpu(self.losses, self.weights, adj=self.adj, coef=self.coef)
         self._mark("losses")
         # tap gradients, scaled by the adj weights before one backward pass
         dtaps = {}
@@ -173,7 +206,11 @@ class GpuStyleTransfer:
         dh = None
         for i in range(self.depth - 1, -1, -1):
             if self.pooled[i] is not None:
-                dh = maxpool_backward_gpu(dh, (self.argmax[i], self.acts[i].shape), out=self.gact[i])
+                if self.avg_pool:
+                    dh = avgpool_backward_gpu(dh, self.acts[i].shape, out=self.gact[i])
+                else:
+                    dh = maxpool_backward_gpu(dh, (self.argmax[i], self.acts[i].shape),
+                                              out=self.gact[i])
                 self._mark(f"pool backward {i}")
             if i in dtaps:
                 if dh is None:
@@ -188,19 +225,23 @@ class GpuStyleTransfer:
         preprocess_backward_gpu(dh, m.scale, m.bgr, out=self.grad)
         denoise_backward_accumulate_gpu(self.grad, self.x, self.coef[2:3])
         self._mark("preprocess backward + TV")
-        update_gpu_inplace(self.x, self.grad, step_size, work=self.update_work)
-        self._mark("update")
 
     def evaluate_losses(self):
         """Forward + losses + adj at the current x (for the last report)."""
-        self.prev_x[...] = self.x
-        self.iteration(1.0)  # computes the losses at x, then moves x: put it back
-        self.x[...] = self.prev_x
+        self.evaluate()
         return self.losses, self.adj
 
-    def run(self, x0, num_iterations, step_size, callback=None, callback_every=10):
+    def run(self, x0, num_iterations, step_size=None, callback=None, callback_every=10,
+            report=None):
+        """x0 (H, W, 3) -> the image after num_iterations steps (a fresh (H, W, 3)
+        array). The optimiser's state starts afresh. `report`: extra Progress
+        fields (the multiscale driver's scale and size)."""
         from .driver import Interrupted
         cp = self.cp
+        self.optimizer.reset()
+        if step_size is not None and hasattr(self.optimizer, "step_size"):
+            self.optimizer.step_size = float(step_size)
+        self._extra = dict(report or {})
         self.x[...] = cp.asarray(x0, dtype=np.float32)[None]
         t0 = time.perf_counter()
         it = 0
@@ -210,7 +251,7 @@ class GpuStyleTransfer:
                     report = callback is not None and it % callback_every == 0
                     if report:
                         self.prev_x[...] = self.x  # device-to-device, no sync
-                    self.iteration(step_size)      # losses/adj: those of x before the step
+                    self.iteration()               # losses/adj: those of x before the step
                     if report:
                         self._report(callback, it, num_iterations, t0, self.prev_x[0])
                     it += 1
@@ -227,4 +268,5 @@ class GpuStyleTransfer:
         adj = to_host(self.adj)
         callback(Progress(it, n, dict(zip(LOSS_NAMES, map(float, losses))),
                           dict(zip(LOSS_NAMES, map(float, adj))), image.copy(),
-                          time.perf_counter() - t0))
+                          time.perf_counter() - t0, objective=self.ref.potential(losses),
+                          **getattr(self, "_extra", {})))

@@ -36,10 +36,10 @@ def images(rng, shape=(33, 47)):
             rng.uniform(0, 255, (29, 38, 3)).astype(np.float32))
 
 
-def make_engine(gpu_model, content, style, precision="fp32", gram_norm="none"):
+def make_engine(gpu_model, content, style, precision="fp32", gram_norm="none", **kw):
     from cpstyle.gpu_engine import GpuStyleTransfer
     return GpuStyleTransfer(gpu_model, content, style, [4, 9], [0, 3, 5, 12], 1.5, 10.0, 0.3,
-                            gram_norm=gram_norm, precision=precision)
+                            gram_norm=gram_norm, precision=precision, **kw)
 
 
 @pytest.mark.parametrize("gram_norm", ["none", "hw"])
@@ -62,6 +62,76 @@ def test_one_iteration_matches_reference(gram_norm, rng):
                  what="normalised gradient")
     step = 10.0 / (np.std(g.astype(np.float64)) + 1e-8)
     assert_close(eng.x.get(), np.clip(x - grad * step, 0, 255), atol=2e-2, rtol=0, what="updated x")
+
+
+OPTION_SETS = {
+    "avg+constant+layer weights+blend": dict(
+        pooling="avg", constant_weights=True, content_layer_weights=[3, 1],
+        style_layer_weights=[1, 0, 2, 1], style_blend_weights=[0.7, 0.3]),
+    "hw+layer weights": dict(gram_norm="hw", style_layer_weights=[4, 3, 2, 1]),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTION_SETS))
+def test_one_evaluation_with_options_matches_reference(name, rng):
+    import cupy as cp
+    opts = dict(OPTION_SETS[name])
+    pooling = opts.pop("pooling", "max")
+    cpu, gpu = models()
+    cpu, gpu = cpu.with_pooling(pooling), gpu.with_pooling(pooling)
+    content, style = images(rng)
+    if "style_blend_weights" in opts:
+        style = [style, rng.uniform(0, 255, (31, 27, 3)).astype(np.float32)]
+    eng = make_engine(gpu, content, style, **opts)
+    ref = StyleObjective(content, style, [4, 9], [0, 3, 5, 12], 1.5, 10.0, 0.3, model=cpu,
+                         **opts)
+    x = rng.uniform(0, 255, (1,) + content.shape).astype(np.float32)
+    losses, adj, grad = ref.evaluate(x)
+    eng.x[...] = cp.asarray(x)
+    eng.grad.fill(np.nan)
+    eng.evaluate()
+    assert_close(eng.losses.get(), losses, atol=0, rtol=2e-4, what="losses")
+    assert_close(eng.adj.get(), adj, atol=0, rtol=2e-4, what="adj")
+    g = grad[0]
+    assert_close(eng.grad.get()[0] / np.abs(g).max(), g / np.abs(g).max(), atol=2e-4, rtol=2e-3,
+                 what="normalised gradient")
+
+
+@pytest.mark.parametrize("name", ["gd", "adam", "lbfgs"])
+def test_device_optimizers_match_reference_gpu(name, rng):
+    import cupy as cp
+    from test_optimizers import run_both
+    run_both(name, cp, rng, steps=8, shape=(1, 37, 45, 3), history=3,
+                   to_xp=cp.asarray, to_host=cp.asnumpy)
+
+
+@pytest.mark.parametrize("name", ["adam", "lbfgs"])
+def test_optimizer_runs_step_by_step(name, rng):
+    """style_transfer on CuPy with Adam / L-BFGS, every iteration reported; the
+    reference optimiser, fed the GPU's iterates and the reference gradients at
+    them, must land on the GPU's next image (the state of both optimisers is
+    built from the same sequence, so this checks every step, not a drift)."""
+    from cpstyle.optimizers import check_optimizer, make_optimizer
+    cpu, gpu = models()
+    content, style = images(rng)
+    kw = dict(content_layer_ids=[4, 9], style_layer_ids=[0, 3, 5, 12], num_iterations=8,
+              seed=11, optimizer=name)
+    if name == "lbfgs":
+        kw["lbfgs_history"] = 3
+    seen = []
+    cpstyle.style_transfer(content, style, model=gpu, callback=seen.append, callback_every=1,
+                           **kw)
+    assert [p.iteration for p in seen] == list(range(9))
+    ref = StyleObjective(content, style, kw["content_layer_ids"], kw["style_layer_ids"],
+                         1.5, 10.0, 0.3, model=cpu)
+    opt = make_optimizer(check_optimizer(name, 10.0, None, kw.get("lbfgs_history")))
+    for k in range(8):
+        x = seen[k].image.get()[None]
+        losses, _, grad = ref.evaluate(x)
+        assert_close([seen[k].losses[n] for n in ("content", "style", "denoise")], losses,
+                     atol=0, rtol=1e-3, what=f"losses at iteration {k}")
+        nxt = opt.step(x, grad)[0]
+        assert_close(seen[k + 1].image.get(), nxt, atol=5e-2, rtol=0, what=f"{name} step {k}")
 
 
 def test_20_iterations_match_reference(rng):
@@ -111,18 +181,19 @@ def test_tf32_stays_close_to_fp32(rng):
     assert cos > 0.99, cos
 
 
-def warm_engine(rng):
+def warm_engine(rng, optimizer="gd"):
     import cupy as cp
     _, gpu = models()
     content, style = images(rng)
-    eng = make_engine(gpu, content, style)
+    eng = make_engine(gpu, content, style, optimizer=optimizer)
     eng.x[...] = cp.asarray(initial_image(content.shape, 0))[None]
     eng.iteration(10.0)  # warm-up: compiles kernels, creates the cuBLAS handle
     cp.cuda.Device().synchronize()
     return eng
 
 
-def test_iterations_neither_sync_nor_copy_to_host(rng):
+@pytest.mark.parametrize("optimizer", ["gd", "adam", "lbfgs"])
+def test_iterations_neither_sync_nor_copy_to_host(rng, optimizer):
     """Each of 20 iterations is queued behind a kernel that spins for 0.3 s. If
     anything in an iteration synchronised, or copied device memory to the host
     (which waits for the stream), the host would wait for the spin to end; so
@@ -131,7 +202,7 @@ def test_iterations_neither_sync_nor_copy_to_host(rng):
     launches (6-7 iterations, measured on an H200), and a full queue blocks the
     host too, which would look like a sync."""
     import cupy as cp
-    eng = warm_engine(rng)
+    eng = warm_engine(rng, optimizer)  # lbfgs (10 pairs): the ring wraps in 20 iterations
     spin = cp.RawKernel(SPIN, "spin_kernel")
     ns = np.uint64(300_000_000)
     # the method first: a deliberate host read behind the spin has to wait for it
@@ -153,11 +224,12 @@ def test_iterations_neither_sync_nor_copy_to_host(rng):
     assert np.isfinite(eng.x.get()).all()
 
 
-def test_iterations_allocate_nothing(rng):
+@pytest.mark.parametrize("optimizer", ["gd", "adam", "lbfgs"])
+def test_iterations_allocate_nothing(rng, optimizer):
     """Every buffer is made once, in the constructor: CuPy's allocator, wrapped
     to count calls, sees none during 20 iterations, and the pool does not grow."""
     import cupy as cp
-    eng = warm_engine(rng)
+    eng = warm_engine(rng, optimizer)
     pool = cp.get_default_memory_pool()
     allocs = []
 

@@ -42,3 +42,65 @@ def test_emulated_engine_matches_reference_loop(gram_norm, emulator, rng):
     assert_close(out, ref, atol=1e-2, rtol=0, what="final image")
     for k in ("im2col_kernel", "maxpool_backward_kernel", "update_kernel", "adj_weights_kernel"):
         assert k in emulator.launched, k
+
+
+# Issue #5's options on the engine: two runs that between them take every
+# option that changes the loop, against style_transfer's reference loop.
+OPTION_RUNS = {
+    "adam": dict(optimizer="adam", learning_rate=4.0, constant_weights=True, pooling="avg",
+                 content_layer_weights=[3, 1], style_blend_weights=[0.7, 0.3], init="blend",
+                 kernels=("adam_kernel", "avgpool_forward_kernel", "avgpool_backward_kernel")),
+    "lbfgs": dict(optimizer="lbfgs", lbfgs_history=2, style_layer_weights=[1, 0, 2],
+                  gram_norm="hw", init="content", init_noise=20.0,
+                  kernels=("lbfgs_pair_kernel", "lbfgs_first_loop_kernel",
+                           "lbfgs_second_loop_kernel", "maxpool_backward_kernel")),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTION_RUNS))
+def test_emulated_engine_options_match_reference_loop(name, emulator, rng):
+    from cpstyle.driver import make_initial_image
+    from cpstyle.optimizers import check_optimizer
+    opts = dict(OPTION_RUNS[name])
+    kernels = opts.pop("kernels")
+    model = VGG16(random_params(SMALL, np.random.default_rng(3)), device="cpu")
+    content = rng.uniform(0, 255, (17, 21, 3)).astype(np.float32)
+    styles = [rng.uniform(0, 255, (16, 19, 3)).astype(np.float32),
+              rng.uniform(0, 255, (19, 17, 3)).astype(np.float32)]
+    style = styles if "style_blend_weights" in opts else styles[0]
+    layers = dict(content_layer_ids=[4, 9], style_layer_ids=[0, 4, 12])
+    n = 4  # lbfgs: 3 pairs through a ring of 2
+    seen_ref, seen_emu = [], []
+    ref = cpstyle.style_transfer(content, style, num_iterations=n, seed=2, model=model,
+                                 callback=seen_ref.append, callback_every=1, **layers, **opts)
+    emulator.launched.clear()
+    with emulator.installed():
+        eng = GpuStyleTransfer(
+            model.with_pooling(opts.get("pooling", "max")), content, style,
+            layers["content_layer_ids"], layers["style_layer_ids"], 1.5, 10.0, 0.3,
+            gram_norm=opts.get("gram_norm", "none"),
+            content_layer_weights=opts.get("content_layer_weights"),
+            style_layer_weights=opts.get("style_layer_weights"),
+            style_blend_weights=opts.get("style_blend_weights"),
+            constant_weights=opts.get("constant_weights", False),
+            optimizer=check_optimizer(opts["optimizer"], 10.0, opts.get("learning_rate"),
+                                      opts.get("lbfgs_history")))
+        blend = opts.get("style_blend_weights", [1.0])
+        x0 = make_initial_image(opts["init"], content, styles[:len(blend)],
+                                [w / sum(blend) for w in blend], 2, opts.get("init_noise", 0.0))
+        out = eng.run(x0, n, callback=seen_emu.append, callback_every=1)
+    assert [p.iteration for p in seen_emu] == [p.iteration for p in seen_ref] == list(range(n + 1))
+    np.testing.assert_array_equal(seen_emu[0].image, seen_ref[0].image)  # the same start
+    for pr, pe in zip(seen_ref, seen_emu):
+        for k in pr.losses:
+            assert pe.losses[k] == pytest.approx(pr.losses[k], rel=1e-4), (pr.iteration, k)
+            assert pe.adj[k] == pytest.approx(pr.adj[k], rel=1e-4), (pr.iteration, k)
+        assert pe.objective == pytest.approx(pr.objective, rel=1e-5, abs=1e-5)
+        assert_close(pe.image, pr.image, atol=2e-2, rtol=0, what=f"image at {pr.iteration}")
+    assert_close(out, ref, atol=2e-2, rtol=0, what="final image")
+    assert np.abs(out - x0).max() > 1.0  # it moved
+    for k in kernels:
+        assert k in emulator.launched, k
+    if opts.get("constant_weights"):
+        assert "adj_weights_kernel" not in emulator.launched
+        assert seen_emu[-1].adj == {"content": 1.0, "style": 1.0, "denoise": 1.0}

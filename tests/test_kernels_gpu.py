@@ -19,8 +19,10 @@ from cpstyle.ops.gram import (gram_backward_cpu, gram_backward_gpu, gram_forward
 from cpstyle.ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
                               denoise_backward_cpu, denoise_forward_cpu, denoise_sum_gpu,
                               mse_backward_cpu, mse_forward_cpu, mse_sum_gpu, scaled_diff_gpu)
-from cpstyle.ops.pool import (maxpool_backward_cpu, maxpool_backward_gpu, maxpool_forward_cpu,
-                              maxpool_forward_gpu)
+from cpstyle.ops import optim
+from cpstyle.ops.pool import (avgpool_backward_cpu, avgpool_backward_gpu, avgpool_forward_cpu,
+                              avgpool_forward_gpu, maxpool_backward_cpu, maxpool_backward_gpu,
+                              maxpool_forward_cpu, maxpool_forward_gpu)
 from cpstyle.ops.preprocess import (preprocess_backward_cpu, preprocess_backward_gpu,
                                     preprocess_forward_cpu, preprocess_forward_gpu,
                                     preprocess_params)
@@ -151,6 +153,110 @@ def test_maxpool_gpu(rng, shape, ties):
     dy = rng.standard_normal(oshape).astype(np.float32)
     dx = maxpool_backward_gpu(cp.asarray(dy), (cp.asarray(argr), sr), out=poison(shape))
     assert_close(host(dx), maxpool_backward_cpu(dy, (argr, sr)), atol=0, rtol=0, what="maxpool dx")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 3, 7, 3), (2, 5, 4, 7), (1, 75, 63, 64)])
+def test_avgpool_gpu(rng, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    n, h, w, c = shape
+    oshape = (n, h // 2, w // 2, c)
+    y, s = avgpool_forward_gpu(cp.asarray(x), out=poison(oshape))
+    yr, sr = avgpool_forward_cpu(x)
+    assert s == sr
+    # four adds in the reference's order, then an exact ·0.25 (nothing to fuse)
+    assert_close(host(y), yr, atol=0, rtol=0, what="avgpool y")
+    dy = rng.standard_normal(oshape).astype(np.float32)
+    dx = avgpool_backward_gpu(cp.asarray(dy), sr, out=poison(shape))
+    assert_close(host(dx), avgpool_backward_cpu(dy, sr), atol=0, rtol=0, what="avgpool dx")
+    assert_close(host(pool.avgpool_backward(cp.asarray(dy), sr)), avgpool_backward_cpu(dy, sr),
+                 atol=0, rtol=0, what="avgpool_backward dispatcher")
+
+
+# ---- optimisers (kernels/optim.cu) ---------------------------------------------------
+
+OPT_SIZES = [(1,), (7,), (1, 33, 17, 3), (1, 301, 257, 3)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", OPT_SIZES)
+def test_adam_gpu(rng, shape):
+    x = rng.uniform(0, 255, shape).astype(np.float32)
+    m = rng.standard_normal(shape).astype(np.float32)
+    v = rng.uniform(0, 2, shape).astype(np.float32)
+    g = (rng.standard_normal(shape) * 3).astype(np.float32)
+    xg, mg, vg = cp.asarray(x), cp.asarray(m), cp.asarray(v)
+    for t in (1, 2):  # the second step starts from the first's m, v
+        xr, mr, vr = optim.adam_update_cpu(host(xg), host(mg), host(vg), g, 10.0, t)
+        m0 = np.abs(host(mg)).max()
+        optim.adam_update_gpu_inplace(xg, mg, vg, cp.asarray(g), 10.0, t)
+        # fused multiply-adds on the GPU: one rounding fewer than the reference
+        assert_close(host(mg), mr, atol=2 * EPS32 * (m0 + np.abs(g).max()), rtol=0,
+                     what=f"adam m, t={t}")
+        assert_close(host(vg), vr, atol=1e-30, rtol=4 * EPS32, what=f"adam v, t={t}")
+        assert_close(host(xg), xr, atol=1e-4, rtol=0, what=f"adam x, t={t}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", OPT_SIZES)
+def test_dot_gpu(rng, shape):
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(shape).astype(np.float32)
+    out = poison(3, np.float64)
+    optim.dot_gpu(cp.asarray(a), cp.asarray(b), out[1:2],
+                  partial=poison(cuda.config["reduce_blocks"], np.float64))
+    o = host(out)
+    assert np.isnan(o[0]) and np.isnan(o[2]), "wrote outside its slot"
+    bound = 1e-13 * float(np.abs(a.astype(np.float64) * b).sum()) + 1e-300
+    assert_close(o[1], optim.dot64(a, b), atol=bound, rtol=0, what="dot")
+
+
+@pytest.mark.gpu
+def test_lbfgs_kernels_gpu(rng):
+    """The two loops from the kernels against lbfgs_direction_cpu, one pair
+    rejected by the pair kernel, gamma from the init kernel."""
+    shape = (1, 37, 45, 3)
+    g = rng.standard_normal(shape).astype(np.float32)
+    x = rng.uniform(0, 255, shape).astype(np.float32)
+    m = 3
+    S, Y = cp.zeros((m,) + shape, np.float32), cp.zeros((m,) + shape, np.float32)
+    sc = cp.zeros(2 * m + 4, np.float64)  # rho.., alpha.., gamma, sy, yy, dot
+    rho, alpha = sc[:m], sc[m:2 * m]
+    gamma, sy, yy, dot = (sc[2 * m + i:2 * m + i + 1] for i in range(4))
+    pairs = []
+    for k in range(m):
+        xn = (x + rng.standard_normal(shape)).astype(np.float32)
+        gn = (g + (xn - x) * (1.0 if k != 1 else -1.0)).astype(np.float32)  # k = 1: s·y < 0
+        optim.lbfgs_diff_gpu(S[k], Y[k], cp.asarray(xn), cp.asarray(x), cp.asarray(gn),
+                             cp.asarray(g))
+        s_, y_ = xn - x, gn - g
+        assert_close(host(S[k]), s_, atol=0, rtol=0, what="s")
+        optim.dot_gpu(S[k], Y[k], sy)
+        optim.dot_gpu(Y[k], Y[k], yy)
+        optim.lbfgs_pair_gpu(rho[k:k + 1], gamma, sy, yy)
+        r_ref, gam_ref = optim.lbfgs_pair_cpu(s_, y_)
+        assert float(rho[k]) == pytest.approx(r_ref, rel=1e-12, abs=0)
+        pairs.append((s_, y_, r_ref))
+    assert float(rho[1]) == 0.0 and float(gamma[0]) == pytest.approx(gam_ref, rel=1e-12)
+    q = cp.asarray(g)
+    for k in reversed(range(m)):
+        optim.dot_gpu(S[k], q, dot)
+        optim.lbfgs_first_loop_gpu(q, alpha[k:k + 1], Y[k], rho[k:k + 1], dot)
+    optim.lbfgs_scale_gpu(q, gamma)
+    for k in range(m):
+        optim.dot_gpu(Y[k], q, dot)
+        optim.lbfgs_second_loop_gpu(q, S[k], rho[k:k + 1], alpha[k:k + 1], dot)
+    ref = optim.lbfgs_direction_cpu(g, pairs, float(gamma[0]))
+    scale = np.abs(ref).max()
+    assert_close(host(q) / scale, ref / scale, atol=1e-5, rtol=0, what="two-loop direction")
+    work = make_update_work(g.size)
+    from cpstyle.ops.update import centered_sqsum_gpu
+    optim.lbfgs_init_gpu(gamma, centered_sqsum_gpu(cp.asarray(g), work), 10.0, g.size)
+    assert float(gamma[0]) == pytest.approx(10.0 / (np.std(g.astype(np.float64)) + 1e-8),
+                                            rel=1e-9)
+    xg = cp.asarray(x)
+    optim.descend_clip_gpu_inplace(xg, cp.asarray(g * 100))
+    assert_close(host(xg), optim.descend_clip_cpu(x, g * 100), atol=0, rtol=0, what="descend")
 
 
 # ---- losses -----------------------------------------------------------------------
