@@ -9,16 +9,24 @@ Kernels: kernels/pool.cu. Tests: tests/test_pool.py."""
 from ..backend import get_array_module
 
 
+def _slots(a, ho, wo):
+    """The four strided views a[:, dy::2, dx::2] of the 2x2 windows, slot k = 2*dy + dx."""
+    return [a[:, dy:2 * ho:2, dx:2 * wo:2] for dy in (0, 1) for dx in (0, 1)]
+
+
 def maxpool_forward_cpu(x):
     """x (N, H, W, C) -> y (N, H//2, W//2, C), cache = (argmax uint8, x.shape)."""
     xp = get_array_module(x)
     n, h, w, c = x.shape
     ho, wo = h // 2, w // 2
-    win = x[:, :2 * ho, :2 * wo, :].reshape(n, ho, 2, wo, 2, c)
-    win = win.transpose(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, c, 4)
-    arg = win.argmax(axis=-1).astype(xp.uint8)  # (N, Ho, Wo, C)
-    y = xp.take_along_axis(win, arg[..., None].astype(xp.intp), axis=-1)[..., 0]
-    return xp.ascontiguousarray(y), (arg, x.shape)
+    slots = _slots(x, ho, wo)
+    y = slots[0].copy()
+    arg = xp.zeros(y.shape, dtype=xp.uint8)
+    for k in (1, 2, 3):  # strictly greater: a tie keeps the earlier slot
+        better = slots[k] > y
+        xp.copyto(y, slots[k], where=better)
+        xp.copyto(arg, xp.uint8(k), where=better)
+    return y, (arg, x.shape)
 
 
 def maxpool_backward_cpu(dout, cache):
@@ -27,10 +35,9 @@ def maxpool_backward_cpu(dout, cache):
     arg, shape = cache
     n, h, w, c = shape
     ho, wo = h // 2, w // 2
-    slots = (arg[..., None] == xp.arange(4, dtype=xp.uint8)) * dout[..., None]  # (N,Ho,Wo,C,4)
-    slots = slots.reshape(n, ho, wo, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
     dx = xp.zeros(shape, dtype=dout.dtype)
-    dx[:, :2 * ho, :2 * wo, :] = slots.reshape(n, 2 * ho, 2 * wo, c)
+    for k, dst in enumerate(_slots(dx, ho, wo)):
+        xp.multiply(dout, arg == k, out=dst)
     return dx
 
 
