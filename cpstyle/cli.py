@@ -111,23 +111,21 @@ def parse_layers(text, option, weights_text=None, weights_option=None):
     if not specs:
         raise ValueError(f"{option}: no layers given (ids 0..12 or names like conv3_1)")
     try:
-        if weights_text is None:
-            return layer_ids(specs, option)
+        ids = layer_ids(specs, option)
     except ValueError as e:
         raise ValueError(f"{option}: {e}") from None
+    if weights_text is None:
+        return ids
     w = parse_numbers(weights_text, weights_option)
     if len(w) != len(specs):
         raise ValueError(f"{weights_option}: {len(w)} weights for the {len(specs)} layers "
                          f"of {option} ({text}); give one per layer")
-    try:
-        return weighted_layer_ids(specs, w, option)
-    except ValueError as e:
-        raise ValueError(f"{weights_option}: {e}" if "weights" in str(e)
-                         else f"{option}: {e}") from None
+    return weighted_layer_ids(specs, w, option)  # its messages name the option
 
 
 def parse_numbers(text, option):
-    """'0.7, 0.3' -> [0.7, 0.3]; finite numbers >= 0, not all 0."""
+    """'0.7, 0.3' -> [0.7, 0.3]; finite numbers >= 0, not all 0 (ValueError
+    naming the option otherwise)."""
     parts = [t.strip() for t in text.split(",") if t.strip()]
     if not parts:
         raise ValueError(f"{option}: no numbers given")
@@ -137,10 +135,7 @@ def parse_numbers(text, option):
             out.append(float(t))
         except ValueError:
             raise ValueError(f"{option}: {t!r} is not a number") from None
-    try:
-        check_weights(out, len(out), option)
-    except ValueError as e:
-        raise ValueError(str(e).replace(f"{option}: ", f"{option}: ", 1)) from None
+    check_weights(out, len(out), option)
     return out
 
 
@@ -677,7 +672,9 @@ def build_parser():
     _device_option(r)
     r.add_argument("--gram-norm", choices=("none", "hw"), default="none",
                    help="none: the tutorial's plain Gram matrix (its scale depends on "
-                        "the image sizes); hw: divide it by height*width")
+                        "the image sizes); hw: divide it by height*width (better when "
+                        "content and style sizes differ, with --multiscale and with "
+                        "--constant-weights; see bench/OPTIMIZERS.md)")
     r.add_argument("--save-every", type=_whole(1), default=None, metavar="N",
                    help="also write OUT-stem_0010.ext etc. every N iterations")
     r.add_argument("--sheet", metavar="PATH", default=None,

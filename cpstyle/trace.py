@@ -23,9 +23,24 @@ LOSS_NAMES = ("content", "style", "denoise")
 COLORS = {"content": (31, 119, 180), "style": (214, 39, 40), "denoise": (44, 160, 44)}
 
 
+def _jsonable(v):
+    """Settings as JSON can hold them (an image array becomes its description)."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if hasattr(v, "shape") and hasattr(v, "dtype") and tuple(v.shape) != ():
+        return f"array {tuple(v.shape)} {v.dtype}"
+    if hasattr(v, "item"):  # numpy scalars, 0-d arrays
+        return v.item()
+    return str(v)
+
+
 class Trace:
     def __init__(self, settings=None):
-        self.settings = dict(settings or {})
+        self.settings = _jsonable(dict(settings or {}))
         self.records = []
 
     def __call__(self, p):

@@ -152,7 +152,6 @@ def test_per_layer_weights_are_a_weighted_mean(rng):
     # all-equal weights are the tutorial's mean
     eq = _objective(model, content, style, content_layer_weights=[5, 5]).evaluate(x)[0]
     assert eq[0] == pytest.approx((single_c[4] + single_c[9]) / 2, rel=1e-12)
-    wc, ws, wd = obj.weights
     err = directional_check(lambda z: obj.potential(obj.evaluate(z)[0]), grad, x, rng, eps=1e-3)
     assert err < 1e-6, f"relative error {err:.3g}"
 

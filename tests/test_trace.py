@@ -32,6 +32,14 @@ def test_trace_records_and_json(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
+def test_trace_settings_hold_any_option(tmp_path):
+    t = Trace({"init": np.zeros((20, 30, 3), np.float32), "weights": (1.5, np.float32(2)),
+               "optimizer": None})
+    d = json.loads(t.write_json(tmp_path / "t.json").read_text())
+    assert d["settings"] == {"init": "array (20, 30, 3) float32", "weights": [1.5, 2.0],
+                             "optimizer": None}
+
+
 def test_write_atomic_leaves_the_old_file_on_failure(tmp_path):
     p = tmp_path / "t.json"
     p.write_text("old")
