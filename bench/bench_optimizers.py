@@ -12,7 +12,9 @@ content at --size px (long side; never upscaled: chelsea stays 451x300), style a
 normalised by H·W (gram_norm="hw") so the style losses of the two pairs compare.
 Each optimiser runs until its wall budget is spent (checked after every
 iteration, so a run overshoots by at most one iteration; the time counts from
-the loop's start, the targets' forward passes excluded). Reported per run: the
+the loop's start, the targets' forward passes excluded; on a GPU every kernel is
+compiled by a short warm-up run first, and the report each iteration is a host
+sync each iteration, the same for all three). Reported per run: the
 iterations done, s/iteration, and the content, style and denoise losses and
 Φ = Σ w·log(L+1e-10) (the objective all three minimise) of the last image. Writes
 a JSON and a contact sheet PNG (rows: pairs; columns: content | gd | adam |
@@ -107,6 +109,10 @@ def sheet(rows, path, labels):
 
 def optimizers_bench(opts, model, out_dir):
     results, rows = [], []
+    if opts.device == "gpu":  # compile every kernel (NVRTC) before any clock runs
+        c, s = load_pair(*PAIRS[0], 64)
+        for name in OPTIMIZERS:
+            timed_run(model, c, s, name, 0.0, opts.device)
     for content_name, style_name in PAIRS:
         content, style = load_pair(content_name, style_name, opts.size)
         row = [content]
