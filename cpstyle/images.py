@@ -10,7 +10,6 @@ Tests: tests/test_images.py. Bundled demo images: cpstyle/data/ (LICENSES.md).
 import numbers
 import os
 import re
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps
 
+from .atomic import atomic_path
 from .backend import get_array_module, is_gpu_array, to_host
 from .layers import MIN_IMAGE_SIZE
 
@@ -37,13 +37,6 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _truncated_lock = threading.Lock()
 
 
-def _current_umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()  # read once: os.umask() is process-wide and racy later
 
 
 def demo_paths():
@@ -270,25 +263,13 @@ def save_image(image, filename, quality=95):
         raise FileNotFoundError(f"cannot save image {path}: folder {folder} {why}")
     if path.is_dir():
         raise IsADirectoryError(f"cannot save image {path}: it is a folder")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise type(e)(f"cannot save image {path}: folder {folder} is not writable "
-                      f"({e.strerror or e})") from None
     opts = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
     try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(pixels, "RGB").save(fh, format=fmt, **opts)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.errno is not None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                Image.fromarray(pixels, "RGB").save(fh, format=fmt, **opts)
+    except OSError as e:
+        if e.errno is not None or isinstance(e, PermissionError):
             raise type(e)(f"cannot save image {path}: {e.strerror or e}") from None
         raise
     return path

@@ -15,9 +15,9 @@ the iteration (scales one after another), with matplotlib when it can be
 imported and with PIL's ImageDraw otherwise. Tests: tests/test_trace.py."""
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from .atomic import write_atomic
 
 LOSS_NAMES = ("content", "style", "denoise")
 COLORS = {"content": (31, 119, 180), "style": (214, 39, 40), "denoise": (44, 160, 44)}
@@ -57,25 +57,6 @@ class Trace:
 
     def write_json(self, path):
         return write_atomic(path, (json.dumps(self.as_dict(), indent=1) + "\n").encode())
-
-
-def write_atomic(path, data):
-    """bytes -> path via a temp file in the same folder and os.replace."""
-    path = Path(path).expanduser()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _series(records):

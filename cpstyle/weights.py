@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .layers import LAYER_CHANNELS, LAYER_NAMES
 
 FORMAT = "cpstyle-vgg16"
@@ -195,9 +196,7 @@ def write_h5(dest, layers, preprocessing, mean, std, source, source_files, sourc
     dest = Path(dest).expanduser()
     layers = _check_layers(layers, str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(dest, mode=0o644) as tmp:
         with h5py.File(tmp, "w") as f:
             for name, (kernel, bias) in zip(LAYER_NAMES, layers):
                 g = f.create_group(name)
@@ -212,16 +211,6 @@ def write_h5(dest, layers, preprocessing, mean, std, source, source_files, sourc
             f.attrs["source_files"] = list(source_files)
             f.attrs["source_sha256"] = list(source_sha256)
             f.attrs["content_sha256"] = content_digest(layers)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     _fsync_dir(dest.parent)
     return dest
 

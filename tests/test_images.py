@@ -328,7 +328,8 @@ def test_save_unwritable_folder(tmp_path, monkeypatch):
     # chmod cannot stop root, so the refusal comes from a stand-in mkstemp.
     def denied(**kw):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(I.tempfile, "mkstemp", denied)
+    import cpstyle.atomic
+    monkeypatch.setattr(cpstyle.atomic.tempfile, "mkstemp", denied)
     p = tmp_path / "x.png"
     with pytest.raises(PermissionError, match=f"cannot save image {p}: folder .* not writable"):
         I.save_image(np.zeros((16, 16, 3), np.float32), p)
