@@ -40,7 +40,7 @@ from .backend import get_array_module, is_gpu_array, resolve_device, to_device, 
 from .colors import (check_preserve_colors, luminance_image, match_luminance,
                      transfer_luminance)
 from .images import resize_to, validate_image
-from .objective import GRAM_NORMS, StyleObjective, check_weight, style_images
+from .objective import GRAM_NORMS, StyleObjective, style_images
 from .optimizers import check_optimizer, make_optimizer
 
 LOSS_NAMES = ("content", "style", "denoise")
@@ -78,16 +78,6 @@ def check_iterations(n, name="num_iterations"):
     return int(n)
 
 
-def check_step_size(s):
-    try:
-        s = float(s)
-    except (TypeError, ValueError):
-        raise ValueError(f"step_size must be a number, got {s!r}") from None
-    if not np.isfinite(s) or s <= 0:
-        raise ValueError(f"step_size must be a finite number > 0, got {s}")
-    return s
-
-
 def initial_image(shape, seed):
     rng = np.random.default_rng(seed)
     return (rng.random(shape, dtype=np.float64) + 128.0).astype(np.float32)
@@ -102,7 +92,7 @@ def check_init(init, init_noise):
             raise ValueError(f"unknown init {init!r}: use one of {INITS} or an image array")
     else:
         init = validate_image(init, "initial image")
-    noise = check_weight(init_noise, "init_noise")
+    noise = layers.check_number(init_noise, "init_noise")
     if noise > 0 and isinstance(init, str) and init == "noise":
         raise ValueError("init_noise adds noise to a content/style/blend/image start; "
                          "init='noise' is noise already")
@@ -183,14 +173,14 @@ def check_arguments(content, style, content_layer_ids=(4,), style_layer_ids=tupl
     can run them before it loads the weights) -> a Plan; ValueError otherwise."""
     num_iterations = check_iterations(num_iterations)
     callback_every = check_iterations(callback_every, "callback_every") or 1
-    step_size = check_step_size(step_size)
+    step_size = layers.check_number(step_size, "step_size", positive=True)
     content = validate_image(content, "content image")
     styles, blend_weights = style_images(style, style_blend_weights)
     layers.weighted_layer_ids(content_layer_ids, content_layer_weights, "content layers")
     layers.weighted_layer_ids(style_layer_ids, style_layer_weights, "style layers")
     for v, name in ((weight_content, "weight_content"), (weight_style, "weight_style"),
                     (weight_denoise, "weight_denoise")):
-        check_weight(v, name)
+        layers.check_number(v, name)
     if gram_norm not in GRAM_NORMS:
         raise ValueError(f"unknown gram_norm {gram_norm!r}: use one of {GRAM_NORMS}")
     settings = check_optimizer(optimizer, step_size, learning_rate, lbfgs_history)
@@ -202,7 +192,7 @@ def check_arguments(content, style, content_layer_ids=(4,), style_layer_ids=tupl
     if not isinstance(constant_weights, (bool, np.bool_)):
         raise ValueError(f"constant_weights must be True or False, got {constant_weights!r}")
     if style_scale is not None:
-        style_scale = check_weight(style_scale, "style_scale")
+        style_scale = layers.check_number(style_scale, "style_scale")
         if style_scale == 0:
             raise ValueError("style_scale must be > 0")
     if not multiscale:

@@ -46,6 +46,19 @@ def layer_id(spec):
     return i
 
 
+def check_number(value, name, positive=False):
+    """A finite number >= 0 (> 0 with positive=True) -> float; ValueError naming
+    `name` otherwise. The one check behind every weight, size and step option."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                         f"got {value!r}")
+    return v
+
+
 def check_weights(weights, count, what):
     """A list of `count` finite numbers >= 0 with a positive sum -> the list
     divided by its sum (floats). ValueError naming `what` otherwise."""
@@ -54,15 +67,7 @@ def check_weights(weights, count, what):
     if len(weights) != count:
         raise ValueError(f"{what}: {len(weights)} weights for {count} "
                          f"{'entry' if count == 1 else 'entries'}; give one per entry")
-    out = []
-    for w in weights:
-        try:
-            v = float(w)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what}: {w!r} is not a number") from None
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"{what}: weights must be finite numbers >= 0, got {w!r}")
-        out.append(v)
+    out = [check_number(w, f"each of {what}") for w in weights]
     total = sum(out)
     if total <= 0:
         raise ValueError(f"{what}: the weights sum to 0; at least one must be > 0")

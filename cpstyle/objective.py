@@ -62,16 +62,6 @@ def gram_norm_factor(gram_norm, shape):
     raise ValueError(f"unknown gram_norm {gram_norm!r}: use one of {GRAM_NORMS}")
 
 
-def check_weight(value, name):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
-
-
 class StyleObjective:
     """losses, grad = objective(mixed); mixed (H, W, 3) 0..255, numpy or cupy."""
 
@@ -94,9 +84,9 @@ class StyleObjective:
             if i >= model.num_layers:
                 raise ValueError(f"layer id {i} is out of range: this net has "
                                  f"conv layers 0..{model.num_layers - 1}")
-        self.weights = (check_weight(weight_content, "weight_content"),
-                        check_weight(weight_style, "weight_style"),
-                        check_weight(weight_denoise, "weight_denoise"))
+        self.weights = (layers.check_number(weight_content, "weight_content"),
+                        layers.check_number(weight_style, "weight_style"),
+                        layers.check_number(weight_denoise, "weight_denoise"))
         if gram_norm not in GRAM_NORMS:
             raise ValueError(f"unknown gram_norm {gram_norm!r}: use one of {GRAM_NORMS}")
         self.gram_norm = gram_norm

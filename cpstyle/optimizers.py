@@ -24,6 +24,7 @@ import collections
 import numpy as np
 
 from .backend import get_array_module
+from .layers import check_number
 from .ops.optim import (adam_update_cpu, adam_update_gpu_inplace, descend_clip_cpu,
                         descend_clip_gpu_inplace, dot_gpu, lbfgs_diff_gpu,
                         lbfgs_direction_cpu, lbfgs_first_loop_gpu, lbfgs_init_gpu,
@@ -52,12 +53,7 @@ def check_optimizer(name="gd", step_size=10.0, learning_rate=None, lbfgs_history
     if lbfgs_history is not None and name != "lbfgs":
         raise ValueError(f"lbfgs_history is for optimizer='lbfgs', not {name!r}")
     lr = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
-    try:
-        lr = float(lr)
-    except (TypeError, ValueError):
-        raise ValueError(f"learning_rate must be a number, got {learning_rate!r}") from None
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    lr = check_number(lr, "learning_rate", positive=True)
     hist = DEFAULT_LBFGS_HISTORY if lbfgs_history is None else lbfgs_history
     if isinstance(hist, bool) or not isinstance(hist, (int, np.integer)) or hist < 1:
         raise ValueError(f"lbfgs_history must be a whole number >= 1, got {lbfgs_history!r}")
