@@ -15,7 +15,7 @@ import copy
 import numpy as np
 
 from . import layers
-from .backend import get_array_module, resolve_device, to_device, xp_for
+from .backend import resolve_device, to_device, xp_for
 from .ops.conv import conv_backward_cpu, conv_forward_cpu, flip_kernel
 from .ops.pool import (POOLINGS, avgpool_backward_cpu, avgpool_forward_cpu,
                        maxpool_backward_cpu, maxpool_forward_cpu)
