@@ -28,7 +28,8 @@ from .driver import (DEFAULT_MIN_SIZE, INITS, Interrupted, check_arguments, scal
                      style_transfer)
 from .images import (SAVE_FORMATS, demo_paths, load_image, make_sheet, save_image,
                      validate_image)
-from .layers import LAYER_NAMES, MIN_IMAGE_SIZE, check_weights, layer_ids, weighted_layer_ids
+from .layers import (LAYER_NAMES, MIN_IMAGE_SIZE, check_number, check_weights, layer_ids,
+                     weighted_layer_ids)
 from .optimizers import DEFAULT_LBFGS_HISTORY, DEFAULT_LEARNING_RATE, OPTIMIZERS
 
 PROG = "cpstyle"
@@ -85,13 +86,9 @@ def _whole(minimum):
 def _number(strictly_positive):
     def parse(text):
         try:
-            x = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(x) or x < 0 or (strictly_positive and x == 0):
-            bound = "> 0" if strictly_positive else ">= 0"
-            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
-        return x
+            return check_number(text, "the value", positive=strictly_positive)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return parse
 
 
