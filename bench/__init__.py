@@ -1,2 +1,3 @@
 """cpstyle's benchmarks: bench/run.py (python -m bench), bench/bench_cpu.py, the
 PyTorch baseline bench/torch_reference.py, bench/plot.py; results in bench/results/."""
+import cpstyle  # noqa: F401,E402  first: it sets OpenBLAS's thread timeout before NumPy loads

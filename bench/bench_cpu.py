@@ -73,6 +73,7 @@ def main(argv=None):
     blas = blas_info()
     line = (f"device: cpu | {cpu_name()} | {threads} cores | numpy {np.__version__} BLAS "
             f"threads {blas['threads']} ({blas['internal_api'] or '?'} core {blas['architecture']}) "
+            f"| OpenBLAS thread timeout 2^{blas['thread_timeout']} cycles "
             f"| torch {torch.__version__} threads {torch.get_num_threads()}")
     if blas["env"]:
         line += f" | env {blas['env']} (unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE to benchmark)"

@@ -154,13 +154,22 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def blas_timeout():
+    """OPENBLAS_THREAD_TIMEOUT as NumPy's OpenBLAS read it (cpstyle sets it when
+    imported before NumPy; see cpstyle/__init__.py), or a note that it was not."""
+    import cpstyle
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28 (default)")
+    return value if cpstyle.BLAS_TIMEOUT_SET else f"{value} (NumPy loaded first: not in effect)"
+
+
 def blas_info():
     """NumPy's BLAS as threadpoolctl sees it (if importable), and the OpenBLAS
     variables that pin a slow core type on some machines."""
     info = {"threads": None, "internal_api": None, "architecture": None,
             "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-                    if k in os.environ}}
+                    if k in os.environ},
+            "thread_timeout": blas_timeout()}
     try:
         import threadpoolctl
         for p in threadpoolctl.threadpool_info():
@@ -725,7 +734,8 @@ def main(argv=None):
         first += f" | peaks {peaks_key}{' (fallback)' if fallback else ''}"
     else:
         first += f" | {os.cpu_count()} cores | numpy BLAS threads {blas['threads']} " \
-                 f"({blas['internal_api'] or '?'} core {blas['architecture']})"
+                 f"({blas['internal_api'] or '?'} core {blas['architecture']}, thread " \
+                 f"timeout 2^{blas['thread_timeout']} cycles)"
         if torch is not None:
             first += f" | torch threads {torch.get_num_threads()}"
         if blas["env"]:
