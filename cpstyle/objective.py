@@ -136,7 +136,10 @@ class StyleObjective:
             g, cache = grams[i]
             dg = mse_backward_cpu(g, self.style_targets[i], coef[1] * sw[i])
             d = gram_backward_cpu(dg, cache)
-            dtaps[i] = d if i not in dtaps else dtaps[i] + d
+            if i in dtaps:
+                dtaps[i] += d  # both fresh arrays: add in place
+            else:
+                dtaps[i] = d
         grad = model.backward(dtaps, caches)
         grad += denoise_backward_cpu(x, coef[2])
         return losses, adj, grad

@@ -16,7 +16,8 @@ import numpy as np
 
 from . import layers
 from .backend import resolve_device, to_device, xp_for
-from .ops.conv import conv_backward_cpu, conv_forward_cpu, flip_kernel
+from .ops.conv import (conv_forward_cpu, conv_input_grad_cpu, flip_kernel, relu_backward_cpu,
+                       relu_epilogue)
 from .ops.pool import (POOLINGS, avgpool_backward_cpu, avgpool_forward_cpu,
                        maxpool_backward_cpu, maxpool_forward_cpu)
 from .ops.preprocess import (preprocess_backward_cpu, preprocess_forward_cpu,
@@ -95,16 +96,32 @@ class VGG16:
         return taps, caches
 
     def backward(self, dtaps, caches):
-        """{id: dL/dtap} -> dL/dx (N, H, W, 3)."""
-        dh = None
-        for i in range(len(caches) - 1, -1, -1):
-            conv_cache, pool_cache = caches[i]
-            if pool_cache is not None:
-                kind, c = pool_cache
-                dh = (avgpool_backward_cpu if kind == "avg" else maxpool_backward_cpu)(dh, c)
-            if i in dtaps:
-                dh = dtaps[i] if dh is None else dh + dtaps[i]
-            dh = conv_backward_cpu(dh, conv_cache, self.kernels_flipped[i])
+        """{id: dL/dtap} -> dL/dx (N, H, W, 3).
+
+        dz_i, the gradient at layer i's ReLU input, is (dh_i + dtaps[i]) ⊙ [y_i > 0]
+        with dh_i from the layer above; it is finished block by block inside
+        the op that makes dh_i (col2im, the max pool's backward: relu_epilogue),
+        while each block is in cache, not in passes of its own."""
+        top = len(caches) - 1
+        y_top = caches[top][0][1]
+        dz = relu_backward_cpu(dtaps[top], y_top) if top in dtaps else self.xp.zeros_like(y_top)
+        for i in range(top, -1, -1):
+            (w, _), _ = caches[i]
+            if i == 0:
+                dh = conv_input_grad_cpu(dz, w, self.kernels_flipped[i])
+                break
+            pool_cache = caches[i - 1][1]
+            finish = relu_epilogue(caches[i - 1][0][1], dtaps.get(i - 1))
+            if pool_cache is None:
+                dz = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], epilogue=finish)
+                continue
+            dp = conv_input_grad_cpu(dz, w, self.kernels_flipped[i])
+            kind, c = pool_cache
+            if kind == "avg":
+                dz = avgpool_backward_cpu(dp, c)
+                finish(dz, 0, dz.shape[1])
+            else:
+                dz = maxpool_backward_cpu(dp, c, epilogue=finish)
         return preprocess_backward_cpu(dh, self.scale, self.bgr)
 
 

@@ -35,7 +35,7 @@ def test_im2col_layout(rng):
     assert np.array_equal(cols[0, 2, 3, 0, 0], x[0, 1, 2])
 
 
-# 4·Cin <= Cout takes the col2im path (conv1_1), the rest the im2col-of-dz path
+# Cin <= Cout takes the col2im path (every VGG layer), Cin > Cout the im2col-of-dz path
 @pytest.mark.parametrize("shape, cout", [((1, 5, 7, 3), 5), ((2, 4, 3, 6), 5), ((1, 1, 9, 2), 5),
                                          ((1, 6, 5, 3), 16), ((1, 6, 5, 8), 3)])
 def test_conv_backward_gradcheck(shape, cout, rng):
@@ -58,9 +58,21 @@ def test_conv_float32_keeps_dtype(rng):
     assert conv_backward_cpu(y, cache).dtype == np.float32
 
 
-def test_col2im_is_the_adjoint_of_im2col(rng):
+# block_bytes 1: one output row per block, so the block edges and (with 9 or
+# more rows) the split over threads are crossed too
+@pytest.mark.parametrize("shape, block_bytes", [((2, 5, 7, 3), 1 << 20), ((2, 5, 7, 3), 1),
+                                                ((1, 12, 4, 2), 1), ((1, 1, 6, 2), 1)])
+def test_col2im_is_the_adjoint_of_im2col(shape, block_bytes, rng):
     from cpstyle.ops.conv import col2im_cpu
-    x = rng.standard_normal((2, 5, 7, 3))
-    c = rng.standard_normal((2 * 5 * 7, 27))
-    # <im2col(x), c> == <x, col2im(c)>
-    assert np.sum(im2col_cpu(x) * c) == pytest.approx(np.sum(x * col2im_cpu(c, (2, 5, 7))), rel=1e-12)
+    n, h, w, c = shape
+    x = rng.standard_normal(shape)
+    cols = rng.standard_normal((n * h * w, 9 * c))
+    # <im2col(x), cols> == <x, col2im(cols)>, and against a padded scatter
+    back = col2im_cpu(cols, (n, h, w), block_bytes=block_bytes)
+    assert np.sum(im2col_cpu(x) * cols) == pytest.approx(np.sum(x * back), rel=1e-12)
+    pad = np.zeros((n, h + 2, w + 2, c))
+    taps = cols.reshape(n, h, w, 3, 3, c)
+    for ky in range(3):
+        for kx in range(3):
+            pad[:, ky:ky + h, kx:kx + w] += taps[:, :, :, ky, kx]
+    np.testing.assert_allclose(back, pad[:, 1:-1, 1:-1], rtol=1e-12, atol=1e-12)

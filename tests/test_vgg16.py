@@ -32,15 +32,18 @@ def direct_forward(x, params, upto, mean, std):
     return h
 
 
+# taps [0, 1, 3, 6, 9, 12]: a tap gradient on every layer right before a pool,
+# whose odd last row/column the pool crops (the backward folds it in there)
 @pytest.mark.parametrize("pooling", ["max", "avg"])
-def test_backward_gradcheck_through_all_layers_odd_shape(rng, pooling):
+@pytest.mark.parametrize("tap_ids", [[2, 8, 12], [0, 1, 3, 6, 9, 12]])
+def test_backward_gradcheck_through_all_layers_odd_shape(rng, pooling, tap_ids):
     model = small_vgg(rng).with_pooling(pooling)
     x = rng.uniform(0, 255, (1, 17, 23, 3))
-    taps, caches = model.forward(x, [2, 8, 12])
+    taps, caches = model.forward(x, tap_ids)
     assert taps[12].shape == (1, 1, 1, 4)  # 17x23 -> 8x11 -> 4x5 -> 2x2 -> 1x1
     r = {i: rng.standard_normal(t.shape) for i, t in taps.items()}
     dx = model.backward(r, caches)
-    f = lambda z: sum(float(np.sum(t * r[i])) for i, t in model.forward(z, [2, 8, 12])[0].items())
+    f = lambda z: sum(float(np.sum(t * r[i])) for i, t in model.forward(z, tap_ids)[0].items())
     # avg pools sum more terms: roundoff passes truncation below eps ~1e-4 there
     err = directional_check(f, dx, x, rng, eps=1e-5 if pooling == "max" else 1e-3)
     assert err < 1e-6, f"relative error {err:.3g}"

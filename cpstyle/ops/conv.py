@@ -11,47 +11,10 @@ Backward to the input only (no weight gradients):
 
 because dx[i, j] = Σ_{ky,kx} dz[i+1-ky, j+1-kx] · W[ky, kx]ᵀ.
 Kernels: kernels/conv.cu. Tests: tests/test_conv.py."""
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ..backend import get_array_module
-
-_scratch = threading.local()
-_pool = None
-
-
-def scratch(xp, name, shape, dtype):
-    """A reused buffer for NumPy temporaries (im2col columns): a fresh 100+ MB
-    array each call costs page faults that take as long as filling it. Valid
-    until the next call with the same name on this thread. CuPy has its pool."""
-    if xp is not np:
-        return xp.empty(shape, dtype=dtype)
-    size = int(np.prod(shape))
-    buf = getattr(_scratch, name, None)
-    if buf is None or buf.dtype != dtype or buf.size < size:
-        buf = np.empty(size, dtype=dtype)
-        setattr(_scratch, name, buf)
-    return buf[:size].reshape(shape)
-
-
-def in_row_chunks(fn, rows, xp):
-    """fn(lo, hi) over [0, rows) in one chunk per core. NumPy releases the GIL in
-    copies and ufuncs, so the memory-bound steps around the GEMMs (which BLAS
-    already spreads over the cores) use every core too: im2col takes half the
-    time on 2 cores. CuPy: one call."""
-    global _pool
-    k = min(os.cpu_count() or 1, 8)
-    if xp is not np or k == 1 or rows < 2 * k:
-        fn(0, rows)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix="cpstyle")
-    cuts = [rows * i // k for i in range(k + 1)]
-    for f in [_pool.submit(fn, lo, hi) for lo, hi in zip(cuts, cuts[1:])]:
-        f.result()
+from .parallel import in_row_blocks, in_row_chunks, scratch
 
 
 def im2col_cpu(x, out=None):
@@ -94,52 +57,109 @@ def conv_forward_cpu(x, w, b):
     cols = im2col_cpu(x, scratch(xp, "cols", (n * h * wd, 9 * cin), x.dtype))
     y = cols @ w.reshape(9 * cin, cout)  # (N*H*W, Cout)
 
-    def bias_relu(lo, hi):
+    def bias_relu(lo, hi):  # two passes over a cache-sized block
         v = y[lo:hi]
         v += b
         xp.maximum(v, 0, out=v)
 
-    in_row_chunks(bias_relu, y.shape[0], xp)
+    in_row_blocks(bias_relu, y.shape[0], cout * y.itemsize, xp)
     y = y.reshape(n, h, wd, cout)
     return y, (w, y)
 
 
+def relu_backward_cpu(dout, y, out=None, add=None, lo=0, hi=None):
+    """out[:, lo:hi] = (dout + add) ⊙ [y > 0] on rows lo..hi-1 (all rows by
+    default): the ReLU's backward, with a tap gradient `add` folded in. `out`
+    may be `dout` (in place)."""
+    xp = get_array_module(dout)
+    out = xp.empty_like(dout) if out is None else out
+    rows = slice(lo, dout.shape[1] if hi is None else hi)
+    d = dout[:, rows]
+    if add is not None:
+        d = xp.add(d, add[:, rows], out=out[:, rows])
+    xp.multiply(d, y[:, rows] > 0, out=out[:, rows])
+    return out
+
+
+def relu_epilogue(y, add=None):
+    """fn(out, lo, hi): relu_backward_cpu in place on rows lo..hi-1 of `out`, for
+    an op that makes the gradient of y block by block (col2im, the pool's
+    backward) to finish each block while it is in cache."""
+    return lambda out, lo, hi: relu_backward_cpu(out, y, out, add, lo, hi)
+
+
 def conv_backward_cpu(dout, cache, wflip=None):
     """dout (N, H, W, Cout) -> dx (N, H, W, Cin). `wflip` = flip_kernel(w), if
-    the caller keeps it (the model does)."""
+    the caller keeps it; only the im2col form (Cin > Cout) uses it."""
     w, y = cache
+    xp = get_array_module(dout)
+    dz = scratch(xp, "dz", dout.shape, dout.dtype)
+    in_row_blocks(lambda lo, hi: relu_backward_cpu(dout, y, dz, None, lo, hi),
+                  dout.shape[1], row_bytes(dout), xp)
+    return conv_input_grad_cpu(dz, w, wflip)
+
+
+def conv_input_grad_cpu(dz, w, wflip=None, epilogue=None):
+    """The linear part of the conv's backward: dz (N, H, W, Cout), the gradient
+    after the ReLU mask, -> dx (N, H, W, Cin). epilogue(dx, lo, hi), if given,
+    runs on each block of rows of dx as soon as it is complete (the model folds
+    the next layer's ReLU backward in there: relu_epilogue)."""
+    xp = get_array_module(dz)
+    n, h, wd, cout = dz.shape
+    cin = w.shape[2]
+    if cin <= cout:
+        # Every VGG layer: scatter dz·Wᵀ (N*H*W, 9*Cin) back to the pixels
+        # (col2im) rather than an im2col of dz with 9*Cout columns. The columns
+        # are Cout/Cin times fewer, and col2im reads them once where im2col
+        # writes them (a write costs a read too), so at 256x256 it takes about
+        # half the memory time, and the GEMM's long output side suits BLAS.
+        p = scratch(xp, "cols", (n * h * wd, 9 * cin), dz.dtype)
+        xp.matmul(dz.reshape(-1, cout), w.reshape(9 * cin, cout).T, out=p)
+        return col2im_cpu(p, dz.shape[:3], epilogue=epilogue)
     if wflip is None:
         wflip = flip_kernel(w)
-    xp = get_array_module(dout)
-    n, h, wd, cout = dout.shape
-    cin = w.shape[2]
-    dz = scratch(xp, "dz", dout.shape, dout.dtype)
-
-    def relu_mask(lo, hi):  # dz = dout ⊙ [y > 0]
-        xp.multiply(dout[:, lo:hi], y[:, lo:hi] > 0, out=dz[:, lo:hi])
-
-    in_row_chunks(relu_mask, h, xp)
-    if 4 * cin <= cout:
-        # Far fewer input than output channels (conv1_1: 3 vs 64): scatter
-        # dz·Wᵀ (N*H*W, 9*Cin) back to the pixels (col2im) instead of an
-        # im2col of dz with 9*Cout columns and a GEMM only Cin wide.
-        return col2im_cpu(dz.reshape(-1, cout) @ w.reshape(9 * cin, cout).T, dout.shape[:3])
     cols = im2col_cpu(dz, scratch(xp, "cols", (n * h * wd, 9 * cout), dz.dtype))
-    dx = cols @ wflip.reshape(9 * cout, cin)  # (N*H*W, Cin)
-    return dx.reshape(n, h, wd, cin)
+    dx = (cols @ wflip.reshape(9 * cout, cin)).reshape(n, h, wd, cin)
+    if epilogue is not None:
+        in_row_blocks(lambda lo, hi: epilogue(dx, lo, hi), h, row_bytes(dx), xp)
+    return dx
 
 
-def col2im_cpu(cols, nhw):
-    """(N*H*W, 9*C) -> (N, H, W, C): the adjoint of im2col (sums the 9 taps)."""
+def row_bytes(a):
+    """Bytes in one row (all images, all columns) of an (N, H, W, C) array."""
+    return a.shape[0] * a.shape[2] * a.shape[3] * a.itemsize
+
+
+def col2im_cpu(cols, nhw, out=None, block_bytes=None, epilogue=None):
+    """(N*H*W, 9*C) -> (N, H, W, C): the adjoint of im2col, out[a, b] = Σ_{ky,kx}
+    cols[a+1-ky, b+1-kx, (ky, kx)] over the taps inside the image. Threaded over
+    output rows, in cache-sized blocks (parallel.in_row_blocks) so the nine sums
+    into a block hit the cache and the columns are read from memory once.
+    epilogue(out, lo, hi): run on each finished block of rows (conv_input_grad_cpu)."""
     xp = get_array_module(cols)
     n, h, w = nhw
     c = cols.shape[1] // 9
-    cols = cols.reshape(n, h, w, 3, 3, c)
-    xpad = xp.zeros((n, h + 2, w + 2, c), dtype=cols.dtype)
-    for ky in range(3):
-        for kx in range(3):
-            xpad[:, ky:ky + h, kx:kx + w, :] += cols[:, :, :, ky, kx, :]
-    return xp.ascontiguousarray(xpad[:, 1:-1, 1:-1, :])
+    taps = cols.reshape(n, h, w, 3, 3, c)
+    out = xp.empty((n, h, w, c), dtype=cols.dtype) if out is None else out
+
+    def fill(a0, a1):  # output rows a0..a1-1
+        out[:, a0:a1] = taps[:, a0:a1, :, 1, 1]  # the centre tap covers every pixel
+        for ky in range(3):
+            s0, s1 = max(a0 + 1 - ky, 0), min(a1 + 1 - ky, h)  # source rows
+            if s0 >= s1:
+                continue
+            d0 = s0 + ky - 1
+            for kx in range(3):
+                if ky == 1 and kx == 1:
+                    continue
+                b0, b1 = max(kx - 1, 0), min(w, w + kx - 1)  # destination columns
+                dst = out[:, d0:d0 + s1 - s0, b0:b1]
+                xp.add(dst, taps[:, s0:s1, b0 + 1 - kx:b1 + 1 - kx, ky, kx], out=dst)
+        if epilogue is not None:
+            epilogue(out, a0, a1)
+
+    in_row_blocks(fill, h, row_bytes(out), xp, block_bytes)
+    return out
 
 
 # ---- GPU path: kernels/conv.cu + the backend's matmul -------------------------

@@ -7,37 +7,58 @@ Average (at the end of the file): y = (x00 + x01 + x10 + x11)/4, summed in that
 order; backward gives each of the four inputs dy/4, the cropped row/column zero.
 Kernels: kernels/pool.cu. Tests: tests/test_pool.py."""
 from ..backend import get_array_module
+from .parallel import in_row_blocks
 
 
-def _slots(a, ho, wo):
-    """The four strided views a[:, dy::2, dx::2] of the 2x2 windows, slot k = 2*dy + dx."""
-    return [a[:, dy:2 * ho:2, dx:2 * wo:2] for dy in (0, 1) for dx in (0, 1)]
+def _slots(a, lo, hi, wo):
+    """The four strided views of the 2x2 windows of output rows lo..hi-1,
+    a[:, 2*lo+dy:2*hi:2, dx:2*wo:2], slot k = 2*dy + dx."""
+    return [a[:, 2 * lo + dy:2 * hi:2, dx:2 * wo:2] for dy in (0, 1) for dx in (0, 1)]
 
 
 def maxpool_forward_cpu(x):
-    """x (N, H, W, C) -> y (N, H//2, W//2, C), cache = (argmax uint8, x.shape)."""
+    """x (N, H, W, C) -> y (N, H//2, W//2, C), cache = (argmax uint8, x.shape).
+    Threaded over output rows in cache-sized blocks (parallel.in_row_blocks)."""
     xp = get_array_module(x)
     n, h, w, c = x.shape
     ho, wo = h // 2, w // 2
-    slots = _slots(x, ho, wo)
-    y = slots[0].copy()
-    arg = xp.zeros(y.shape, dtype=xp.uint8)
-    for k in (1, 2, 3):  # strictly greater: a tie keeps the earlier slot
-        better = slots[k] > y
-        xp.copyto(y, slots[k], where=better)
-        xp.copyto(arg, xp.uint8(k), where=better)
+    y = xp.empty((n, ho, wo, c), dtype=x.dtype)
+    arg = xp.empty(y.shape, dtype=xp.uint8)
+
+    def fill(lo, hi):
+        slots, yb, ab = _slots(x, lo, hi, wo), y[:, lo:hi], arg[:, lo:hi]
+        yb[...] = slots[0]
+        ab[...] = 0
+        for k in (1, 2, 3):  # strictly greater: a tie keeps the earlier slot
+            better = slots[k] > yb
+            xp.copyto(yb, slots[k], where=better)
+            xp.copyto(ab, xp.uint8(k), where=better)
+
+    in_row_blocks(fill, ho, 2 * n * w * c * x.itemsize, xp)
     return y, (arg, x.shape)
 
 
-def maxpool_backward_cpu(dout, cache):
-    """dout (N, Ho, Wo, C) -> dx (N, H, W, C)."""
+def maxpool_backward_cpu(dout, cache, epilogue=None):
+    """dout (N, Ho, Wo, C) -> dx (N, H, W, C). epilogue(dx, lo, hi), if given,
+    runs on each finished block of dx's rows (every row once, the cropped one
+    of an odd height too): see conv.relu_epilogue."""
     xp = get_array_module(dout)
     arg, shape = cache
     n, h, w, c = shape
     ho, wo = h // 2, w // 2
-    dx = xp.zeros(shape, dtype=dout.dtype)
-    for k, dst in enumerate(_slots(dx, ho, wo)):
-        xp.multiply(dout, arg == k, out=dst)
+    dx = xp.empty(shape, dtype=dout.dtype)
+    dx[:, 2 * ho:] = 0  # the cropped last row/column of odd sizes
+    dx[:, :, 2 * wo:] = 0
+
+    def fill(lo, hi):
+        for k, dst in enumerate(_slots(dx, lo, hi, wo)):
+            xp.multiply(dout[:, lo:hi], arg[:, lo:hi] == k, out=dst)
+        if epilogue is not None:
+            epilogue(dx, 2 * lo, 2 * hi)
+
+    in_row_blocks(fill, ho, 2 * n * w * c * dout.itemsize, xp)
+    if epilogue is not None and h > 2 * ho:
+        epilogue(dx, 2 * ho, h)
     return dx
 
 

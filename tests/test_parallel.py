@@ -1,0 +1,50 @@
+"""The row splitting of the NumPy backend (cpstyle/ops/parallel.py): every row
+once, and ops that give the same result whatever the split. Small test shapes
+fit one block on one thread, so here the block is one row and every split runs."""
+import numpy as np
+import pytest
+
+from cpstyle.ops import parallel
+from cpstyle.ops.conv import col2im_cpu, conv_backward_cpu, conv_forward_cpu
+from cpstyle.ops.pool import maxpool_backward_cpu, maxpool_forward_cpu
+
+
+@pytest.mark.parametrize("rows, row_bytes, block", [(1, 8, 8), (7, 8, 8), (40, 8, 24), (40, 100, 1 << 20),
+                                                    (3, 8, 1)])
+def test_in_row_blocks_covers_every_row_once(rows, row_bytes, block):
+    seen = np.zeros(rows, int)
+    sizes = []
+
+    def fn(lo, hi):
+        seen[lo:hi] += 1
+        sizes.append(hi - lo)
+
+    parallel.in_row_blocks(fn, rows, row_bytes, np, block_bytes=block)
+    assert seen.tolist() == [1] * rows
+    assert max(sizes) <= max(1, block // row_bytes)
+
+
+@pytest.fixture
+def one_row_blocks(monkeypatch):
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 1)
+
+
+def run_ops(rng):
+    x = rng.standard_normal((2, 11, 9, 3)).astype(np.float32)
+    x[0, 2:4, 2:4] = 0.5  # ties in the pools
+    w = rng.standard_normal((3, 3, 3, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    y, cache = conv_forward_cpu(x, w, b)
+    dx = conv_backward_cpu(rng.standard_normal(y.shape).astype(np.float32), cache)
+    p, pc = maxpool_forward_cpu(y)
+    dp = maxpool_backward_cpu(rng.standard_normal(p.shape).astype(np.float32), pc)
+    c = col2im_cpu(rng.standard_normal((2 * 11 * 9, 27)).astype(np.float32), (2, 11, 9))
+    return [y, dx, p, pc[0], dp, c]
+
+
+def test_ops_do_not_depend_on_the_split(one_row_blocks):
+    small = run_ops(np.random.default_rng(3))
+    parallel.BLOCK_BYTES = 1 << 30
+    whole = run_ops(np.random.default_rng(3))
+    for a, b in zip(small, whole):
+        np.testing.assert_array_equal(a, b)
