@@ -82,7 +82,8 @@ class VGG16:
         h = preprocess_forward_cpu(x, self.scale, self.shift, self.bgr)
         caches, taps = [], {}
         for i in range(tap_ids[-1] + 1):
-            h, conv_cache = conv_forward_cpu(h, self.kernels[i], self.biases[i])
+            h, conv_cache = conv_forward_cpu(h, self.kernels[i], self.biases[i],
+                                             self.kernels_flipped[i])
             if i in tap_ids:
                 taps[i] = h
             pool_cache = None

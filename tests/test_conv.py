@@ -16,9 +16,11 @@ def direct_conv(x, w, b):
     return np.maximum(y, 0)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (1, 7, 5, 3), (2, 9, 4, 5), (1, 33, 17, 2)])
-def test_conv_forward_matches_direct(shape, rng):
-    cout = 4
+# Cout > Cin: im2col of x; Cout <= Cin: x·W' then col2im (both forms)
+@pytest.mark.parametrize("shape, cout", [((1, 1, 1, 3), 4), ((1, 7, 5, 3), 4), ((2, 9, 4, 5), 4),
+                                         ((1, 33, 17, 2), 4), ((1, 7, 5, 3), 3), ((1, 1, 1, 3), 3),
+                                         ((1, 33, 17, 6), 2)])
+def test_conv_forward_matches_direct(shape, cout, rng):
     x = rng.standard_normal(shape)
     w = rng.standard_normal((3, 3, shape[3], cout))
     b = rng.standard_normal(cout)

@@ -36,10 +36,12 @@ def run_ops(rng):
     b = rng.standard_normal(5).astype(np.float32)
     y, cache = conv_forward_cpu(x, w, b)
     dx = conv_backward_cpu(rng.standard_normal(y.shape).astype(np.float32), cache)
+    w2 = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)  # Cout <= Cin: the col2im form
+    y2, _ = conv_forward_cpu(y, w2, b[:4])
     p, pc = maxpool_forward_cpu(y)
     dp = maxpool_backward_cpu(rng.standard_normal(p.shape).astype(np.float32), pc)
     c = col2im_cpu(rng.standard_normal((2 * 11 * 9, 27)).astype(np.float32), (2, 11, 9))
-    return [y, dx, p, pc[0], dp, c]
+    return [y, dx, y2, p, pc[0], dp, c]
 
 
 def test_ops_do_not_depend_on_the_split(one_row_blocks):

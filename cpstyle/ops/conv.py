@@ -1,16 +1,25 @@
 """3x3 convolution, stride 1, zero padding 1, with bias and ReLU, as one GEMM.
 
-    cols = im2col(x)                    # (N*H*W, 9*Cin), column (ky*3+kx)*Cin + c
-    y    = relu(cols @ W.reshape(9*Cin, Cout) + b)
+Two lowerings of the same product; each conv uses the one with fewer columns:
+
+    im2col (Cout > Cin):   cols = im2col(x)          (N*H*W, 9*Cin), column (ky*3+kx)*Cin + c
+                           y = relu(cols @ W.reshape(9*Cin, Cout) + b)
+    col2im (Cout <= Cin):  P = x @ W'                (N*H*W, 9*Cout), W' = W flipped in space
+                           y = relu(col2im(P) + b)   col2im = the adjoint of im2col
+
+im2col writes its 9x columns and the GEMM reads them; col2im reads the GEMM's
+product once, in cache-sized blocks that bias/ReLU (or the backward's mask)
+finish in cache, and its GEMM shape (long output side) suits BLAS better.
 
 Backward to the input only (no weight gradients):
 
     dz = dout ⊙ [y > 0]
-    dx = conv(dz, W flipped in space, Cin<->Cout swapped), i.e.
+    dx = conv(dz, W flipped in space, Cin<->Cout swapped), lowered the same way:
+         col2im(dz @ W.reshape(9*Cin, Cout)ᵀ)             (Cin <= Cout: every VGG layer)
          im2col(dz) @ W[::-1, ::-1].transpose(0, 1, 3, 2).reshape(9*Cout, Cin)
 
 because dx[i, j] = Σ_{ky,kx} dz[i+1-ky, j+1-kx] · W[ky, kx]ᵀ.
-Kernels: kernels/conv.cu. Tests: tests/test_conv.py."""
+Kernels: kernels/conv.cu (the GPU path uses im2col). Tests: tests/test_conv.py."""
 import numpy as np
 
 from ..backend import get_array_module
@@ -49,20 +58,34 @@ def flip_kernel(w):
     return xp.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
 
 
-def conv_forward_cpu(x, w, b):
-    """x (N, H, W, Cin), w (3, 3, Cin, Cout), b (Cout,) -> y (N, H, W, Cout), cache."""
+def conv_forward_cpu(x, w, b, wflip=None):
+    """x (N, H, W, Cin), w (3, 3, Cin, Cout), b (Cout,) -> y (N, H, W, Cout), cache.
+    `wflip` = flip_kernel(w), if the caller keeps it (the model does).
+
+    One GEMM, with the lowering that moves fewer columns (see the module
+    docstring): im2col of x (9*Cin) when Cout > Cin, else x·W' then col2im of
+    the (N*H*W, 9*Cout) product, with bias and ReLU applied to each block of y
+    while it is in cache."""
     xp = get_array_module(x)
     n, h, wd, cin = x.shape
     cout = w.shape[3]
-    cols = im2col_cpu(x, scratch(xp, "cols", (n * h * wd, 9 * cin), x.dtype))
-    y = cols @ w.reshape(9 * cin, cout)  # (N*H*W, Cout)
 
-    def bias_relu(lo, hi):  # two passes over a cache-sized block
-        v = y[lo:hi]
+    def bias_relu(v):  # two passes over a cache-sized block
         v += b
         xp.maximum(v, 0, out=v)
 
-    in_row_blocks(bias_relu, y.shape[0], cout * y.itemsize, xp)
+    if cout <= cin:
+        # y[i, j] = Σ_{ky,kx} x[i+ky-1, j+kx-1]·W[ky, kx] = col2im(x·W'), with W'
+        # the kernel flipped in space: column (ky, kx, co) of the product holds
+        # x·W[2-ky, 2-kx][:, co], i.e. flip_kernel(w) read as (Cin, 9*Cout)
+        wflip = flip_kernel(w) if wflip is None else wflip
+        p = scratch(xp, "cols", (n * h * wd, 9 * cout), x.dtype)
+        xp.matmul(x.reshape(-1, cin), wflip.reshape(9 * cout, cin).T, out=p)
+        y = col2im_cpu(p, (n, h, wd), epilogue=lambda out, lo, hi: bias_relu(out[:, lo:hi]))
+        return y, (w, y)
+    cols = im2col_cpu(x, scratch(xp, "cols", (n * h * wd, 9 * cin), x.dtype))
+    y = cols @ w.reshape(9 * cin, cout)  # (N*H*W, Cout)
+    in_row_blocks(lambda lo, hi: bias_relu(y[lo:hi]), y.shape[0], cout * y.itemsize, xp)
     y = y.reshape(n, h, wd, cout)
     return y, (w, y)
 
