@@ -27,6 +27,7 @@ from .images import validate_image
 from .ops.gram import gram_backward_cpu, gram_forward_cpu
 from .ops.loss import (denoise_backward_cpu, denoise_forward_cpu, mse_backward_cpu,
                        mse_forward_cpu)
+from .ops.parallel import Workspace, get as buffer
 
 ADJ_EPS = 1e-10
 GRAM_NORMS = ("none", "hw")
@@ -107,12 +108,16 @@ class StyleObjective:
                     else self.style_targets[i] + a
         self.tap_ids = sorted(set(self.content_ids) | set(self.style_ids))
         self.last_adj = None
+        # the activations and gradients of evaluate(), kept between calls (NumPy):
+        # one evaluation at a time per objective
+        self.workspace = Workspace()
 
     def evaluate(self, x):
         """x (1, H, W, 3) on the model's backend -> (losses (3,) device array,
         adj (3,) device array, grad (1, H, W, 3))."""
         xp, model = self.xp, self.model
-        taps, caches = model.forward(x, self.tap_ids)
+        ws = self.workspace
+        taps, caches = model.forward(x, self.tap_ids, ws)
         cw = dict(zip(self.content_ids, self.content_layer_weights))
         sw = dict(zip(self.style_ids, self.style_layer_weights))
         lc = sum(cw[i] * mse_forward_cpu(taps[i], self.content_targets[i])
@@ -135,12 +140,12 @@ class StyleObjective:
         for i in self.style_ids:
             g, cache = grams[i]
             dg = mse_backward_cpu(g, self.style_targets[i], coef[1] * sw[i])
-            d = gram_backward_cpu(dg, cache)
+            d = gram_backward_cpu(dg, cache, out=buffer(ws, xp, ("dtap", i), cache[1], g.dtype))
             if i in dtaps:
                 dtaps[i] += d  # both fresh arrays: add in place
             else:
                 dtaps[i] = d
-        grad = model.backward(dtaps, caches)
+        grad = model.backward(dtaps, caches, ws)
         grad += denoise_backward_cpu(x, coef[2])
         return losses, adj, grad
 

@@ -18,6 +18,7 @@ from . import layers
 from .backend import resolve_device, to_device, xp_for
 from .ops.conv import (conv_forward_cpu, conv_input_grad_cpu, flip_kernel, relu_backward_cpu,
                        relu_epilogue)
+from .ops.parallel import get as buffer
 from .ops.pool import (POOLINGS, avgpool_backward_cpu, avgpool_forward_cpu,
                        maxpool_backward_cpu, maxpool_forward_cpu)
 from .ops.preprocess import (preprocess_backward_cpu, preprocess_forward_cpu,
@@ -73,17 +74,22 @@ class VGG16:
         return VGG16(params, self.preprocessing, self.mean, self.std, device, dtype,
                      self.pooling)
 
-    def forward(self, x, tap_ids):
-        """x (N, H, W, 3) in 0..255 -> ({id: tap (N, h, w, C)}, cache)."""
+    def forward(self, x, tap_ids, workspace=None):
+        """x (N, H, W, 3) in 0..255 -> ({id: tap (N, h, w, C)}, cache).
+        workspace (ops.parallel.Workspace): keep the activations in its arrays,
+        overwritten by the next call with it (NumPy; the objective's loop)."""
         tap_ids = sorted(set(tap_ids))
         if tap_ids[-1] >= self.num_layers:
             raise ValueError(f"layer id {tap_ids[-1]} is beyond this net's "
                              f"{self.num_layers} conv layers")
+        xp, ws, dt = self.xp, workspace, self.dtype
         h = preprocess_forward_cpu(x, self.scale, self.shift, self.bgr)
         caches, taps = [], {}
         for i in range(tap_ids[-1] + 1):
+            shape = h.shape[:3] + (self.kernels[i].shape[3],)
             h, conv_cache = conv_forward_cpu(h, self.kernels[i], self.biases[i],
-                                             self.kernels_flipped[i])
+                                             self.kernels_flipped[i],
+                                             out=buffer(ws, xp, ("y", i), shape, dt))
             if i in tap_ids:
                 taps[i] = h
             pool_cache = None
@@ -91,38 +97,48 @@ class VGG16:
                 if self.pooling == "avg":
                     h, c = avgpool_forward_cpu(h)
                 else:
-                    h, c = maxpool_forward_cpu(h)
+                    half = (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+                    h, c = maxpool_forward_cpu(h, out=buffer(ws, xp, ("pool", i), half, dt),
+                                               argmax=buffer(ws, xp, ("arg", i), half, np.uint8))
                 pool_cache = (self.pooling, c)
             caches.append((conv_cache, pool_cache))
         return taps, caches
 
-    def backward(self, dtaps, caches):
-        """{id: dL/dtap} -> dL/dx (N, H, W, 3).
+    def backward(self, dtaps, caches, workspace=None):
+        """{id: dL/dtap} -> dL/dx (N, H, W, 3). workspace: as in forward, for
+        the gradients in between (dL/dx itself is a new array).
 
         dz_i, the gradient at layer i's ReLU input, is (dh_i + dtaps[i]) ⊙ [y_i > 0]
         with dh_i from the layer above; it is finished block by block inside
         the op that makes dh_i (col2im, the max pool's backward: relu_epilogue),
         while each block is in cache, not in passes of its own."""
+        xp, ws, dt = self.xp, workspace, self.dtype
         top = len(caches) - 1
         y_top = caches[top][0][1]
-        dz = relu_backward_cpu(dtaps[top], y_top) if top in dtaps else self.xp.zeros_like(y_top)
+        if top in dtaps:
+            dz = relu_backward_cpu(dtaps[top], y_top, out=buffer(ws, xp, ("dz", top), y_top.shape, dt))
+        else:
+            dz = xp.zeros_like(y_top)
         for i in range(top, -1, -1):
             (w, _), _ = caches[i]
             if i == 0:
                 dh = conv_input_grad_cpu(dz, w, self.kernels_flipped[i])
                 break
-            pool_cache = caches[i - 1][1]
-            finish = relu_epilogue(caches[i - 1][0][1], dtaps.get(i - 1))
+            (_, y), pool_cache = caches[i - 1]
+            finish = relu_epilogue(y, dtaps.get(i - 1))
             if pool_cache is None:
-                dz = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], epilogue=finish)
+                dz = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], epilogue=finish,
+                                         out=buffer(ws, xp, ("dz", i - 1), y.shape, dt))
                 continue
-            dp = conv_input_grad_cpu(dz, w, self.kernels_flipped[i])
+            dp = conv_input_grad_cpu(dz, w, self.kernels_flipped[i],
+                                     out=buffer(ws, xp, ("dp", i), dz.shape[:3] + (w.shape[2],), dt))
             kind, c = pool_cache
             if kind == "avg":
                 dz = avgpool_backward_cpu(dp, c)
                 finish(dz, 0, dz.shape[1])
             else:
-                dz = maxpool_backward_cpu(dp, c, epilogue=finish)
+                dz = maxpool_backward_cpu(dp, c, epilogue=finish,
+                                          out=buffer(ws, xp, ("dz", i - 1), y.shape, dt))
         return preprocess_backward_cpu(dh, self.scale, self.bgr)
 
 

@@ -50,3 +50,33 @@ def test_ops_do_not_depend_on_the_split(one_row_blocks):
     whole = run_ops(np.random.default_rng(3))
     for a, b in zip(small, whole):
         np.testing.assert_array_equal(a, b)
+
+
+def test_workspace_reuses_arrays_by_key():
+    ws = parallel.Workspace()
+    a = ws.get(np, "y", (2, 3), np.float32)
+    assert ws.get(np, "y", (2, 3), np.float32) is a
+    assert ws.get(np, "y", (3, 2), np.float32) is not a  # a new shape: a new array
+    assert ws.get(np, "y", (3, 2), np.float64).dtype == np.float64
+    assert parallel.get(None, np, "y", (2, 3), np.float32) is None
+
+
+def test_objective_results_survive_the_next_evaluation(rng):
+    """The objective keeps its activations in a workspace between calls: what
+    one call returns must not change when the next call reuses the arrays."""
+    from cpstyle import StyleObjective, VGG16
+    from cpstyle.vgg16 import random_params
+    chans = [(3, 4), (4, 4), (4, 6), (6, 6), (6, 8)]
+    model = VGG16(random_params(chans, rng), dtype=np.float32)
+    content, style = rng.uniform(0, 255, (2, 17, 19, 3))
+    obj = StyleObjective(content, style, content_layer_ids=[4], style_layer_ids=[0, 1, 3, 4],
+                         model=model)
+    x1, x2 = rng.uniform(0, 255, (2, 17, 19, 3))
+    l1, g1 = obj(x1)
+    kept = g1.copy()
+    obj(x2)
+    l1b, g1b = obj(x1)
+    np.testing.assert_array_equal(g1, kept)
+    np.testing.assert_array_equal(g1b, kept)
+    assert l1b == l1
+    assert obj.workspace.nbytes() > 0  # the arrays are kept

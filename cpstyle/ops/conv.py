@@ -58,9 +58,10 @@ def flip_kernel(w):
     return xp.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
 
 
-def conv_forward_cpu(x, w, b, wflip=None):
+def conv_forward_cpu(x, w, b, wflip=None, out=None):
     """x (N, H, W, Cin), w (3, 3, Cin, Cout), b (Cout,) -> y (N, H, W, Cout), cache.
-    `wflip` = flip_kernel(w), if the caller keeps it (the model does).
+    `wflip` = flip_kernel(w), if the caller keeps it (the model does); `out`: an
+    (N, H, W, Cout) array for y, if the caller keeps one.
 
     One GEMM, with the lowering that moves fewer columns (see the module
     docstring): im2col of x (9*Cin) when Cout > Cin, else x·W' then col2im of
@@ -81,12 +82,14 @@ def conv_forward_cpu(x, w, b, wflip=None):
         wflip = flip_kernel(w) if wflip is None else wflip
         p = scratch(xp, "cols", (n * h * wd, 9 * cout), x.dtype)
         xp.matmul(x.reshape(-1, cin), wflip.reshape(9 * cout, cin).T, out=p)
-        y = col2im_cpu(p, (n, h, wd), epilogue=lambda out, lo, hi: bias_relu(out[:, lo:hi]))
+        y = col2im_cpu(p, (n, h, wd), out=out,
+                       epilogue=lambda a, lo, hi: bias_relu(a[:, lo:hi]))
         return y, (w, y)
     cols = im2col_cpu(x, scratch(xp, "cols", (n * h * wd, 9 * cin), x.dtype))
-    y = cols @ w.reshape(9 * cin, cout)  # (N*H*W, Cout)
-    in_row_blocks(lambda lo, hi: bias_relu(y[lo:hi]), y.shape[0], cout * y.itemsize, xp)
-    y = y.reshape(n, h, wd, cout)
+    y = xp.empty((n, h, wd, cout), dtype=x.dtype) if out is None else out
+    y2 = y.reshape(n * h * wd, cout)  # a view: y is C-contiguous
+    xp.matmul(cols, w.reshape(9 * cin, cout), out=y2)
+    in_row_blocks(lambda lo, hi: bias_relu(y2[lo:hi]), y2.shape[0], cout * y.itemsize, xp)
     return y, (w, y)
 
 
@@ -122,11 +125,12 @@ def conv_backward_cpu(dout, cache, wflip=None):
     return conv_input_grad_cpu(dz, w, wflip)
 
 
-def conv_input_grad_cpu(dz, w, wflip=None, epilogue=None):
+def conv_input_grad_cpu(dz, w, wflip=None, epilogue=None, out=None):
     """The linear part of the conv's backward: dz (N, H, W, Cout), the gradient
-    after the ReLU mask, -> dx (N, H, W, Cin). epilogue(dx, lo, hi), if given,
-    runs on each block of rows of dx as soon as it is complete (the model folds
-    the next layer's ReLU backward in there: relu_epilogue)."""
+    after the ReLU mask, -> dx (N, H, W, Cin) (into `out` if given).
+    epilogue(dx, lo, hi), if given, runs on each block of rows of dx as soon as
+    it is complete (the model folds the next layer's ReLU backward in there:
+    relu_epilogue)."""
     xp = get_array_module(dz)
     n, h, wd, cout = dz.shape
     cin = w.shape[2]
@@ -138,11 +142,12 @@ def conv_input_grad_cpu(dz, w, wflip=None, epilogue=None):
         # half the memory time, and the GEMM's long output side suits BLAS.
         p = scratch(xp, "cols", (n * h * wd, 9 * cin), dz.dtype)
         xp.matmul(dz.reshape(-1, cout), w.reshape(9 * cin, cout).T, out=p)
-        return col2im_cpu(p, dz.shape[:3], epilogue=epilogue)
+        return col2im_cpu(p, dz.shape[:3], out=out, epilogue=epilogue)
     if wflip is None:
         wflip = flip_kernel(w)
     cols = im2col_cpu(dz, scratch(xp, "cols", (n * h * wd, 9 * cout), dz.dtype))
-    dx = (cols @ wflip.reshape(9 * cout, cin)).reshape(n, h, wd, cin)
+    dx = xp.empty((n, h, wd, cin), dtype=dz.dtype) if out is None else out
+    xp.matmul(cols, wflip.reshape(9 * cout, cin), out=dx.reshape(n * h * wd, cin))
     if epilogue is not None:
         in_row_blocks(lambda lo, hi: epilogue(dx, lo, hi), h, row_bytes(dx), xp)
     return dx

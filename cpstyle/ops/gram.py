@@ -25,11 +25,12 @@ def gram_forward_cpu(x, norm=1.0):
     return g, (f, x.shape, norm)
 
 
-def gram_backward_cpu(dg, cache):
-    """dG (N, C, C) -> dx (N, H, W, C)."""
+def gram_backward_cpu(dg, cache, out=None):
+    """dG (N, C, C) -> dx (N, H, W, C) (into `out` if given)."""
     f, shape, norm = cache
     xp = get_array_module(dg)
-    df = xp.empty(f.shape, dtype=xp.result_type(f, dg))  # (N, H*W, C): no stack copy
+    df = (xp.empty(f.shape, dtype=xp.result_type(f, dg)) if out is None
+          else out.reshape(f.shape))  # (N, H*W, C): no stack copy
     for k in range(f.shape[0]):
         xp.matmul(f[k], dg[k] + dg[k].T, out=df[k])
     if norm != 1.0:

@@ -16,14 +16,15 @@ def _slots(a, lo, hi, wo):
     return [a[:, 2 * lo + dy:2 * hi:2, dx:2 * wo:2] for dy in (0, 1) for dx in (0, 1)]
 
 
-def maxpool_forward_cpu(x):
+def maxpool_forward_cpu(x, out=None, argmax=None):
     """x (N, H, W, C) -> y (N, H//2, W//2, C), cache = (argmax uint8, x.shape).
-    Threaded over output rows in cache-sized blocks (parallel.in_row_blocks)."""
+    Threaded over output rows in cache-sized blocks (parallel.in_row_blocks).
+    `out`, `argmax`: arrays for y and the argmax, if the caller keeps them."""
     xp = get_array_module(x)
     n, h, w, c = x.shape
     ho, wo = h // 2, w // 2
-    y = xp.empty((n, ho, wo, c), dtype=x.dtype)
-    arg = xp.empty(y.shape, dtype=xp.uint8)
+    y = xp.empty((n, ho, wo, c), dtype=x.dtype) if out is None else out
+    arg = xp.empty(y.shape, dtype=xp.uint8) if argmax is None else argmax
 
     def fill(lo, hi):
         slots, yb, ab = _slots(x, lo, hi, wo), y[:, lo:hi], arg[:, lo:hi]
@@ -38,15 +39,15 @@ def maxpool_forward_cpu(x):
     return y, (arg, x.shape)
 
 
-def maxpool_backward_cpu(dout, cache, epilogue=None):
-    """dout (N, Ho, Wo, C) -> dx (N, H, W, C). epilogue(dx, lo, hi), if given,
-    runs on each finished block of dx's rows (every row once, the cropped one
-    of an odd height too): see conv.relu_epilogue."""
+def maxpool_backward_cpu(dout, cache, epilogue=None, out=None):
+    """dout (N, Ho, Wo, C) -> dx (N, H, W, C) (into `out` if given).
+    epilogue(dx, lo, hi), if given, runs on each finished block of dx's rows
+    (every row once, the cropped one of an odd height too): see conv.relu_epilogue."""
     xp = get_array_module(dout)
     arg, shape = cache
     n, h, w, c = shape
     ho, wo = h // 2, w // 2
-    dx = xp.empty(shape, dtype=dout.dtype)
+    dx = xp.empty(shape, dtype=dout.dtype) if out is None else out
     dx[:, 2 * ho:] = 0  # the cropped last row/column of odd sizes
     dx[:, :, 2 * wo:] = 0
 
