@@ -1,9 +1,9 @@
 """One iteration of the tutorial objective on the CPU: cpstyle's NumPy reference
 against PyTorch (bench/torch_reference.py), same weights, same images, same x.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench.bench_cpu
     python -m bench.bench_cpu --sizes 256,512 --repeats 5
     python -m bench.bench_cpu --quick            # 64 px, 1 repeat
+    python -m bench.bench_cpu --same-process     # both in this process (the old way)
 
 Run it with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset: some machines set them to
 pin a conservative OpenBLAS kernel, which slows NumPy's GEMMs and so cpstyle, but
@@ -13,6 +13,12 @@ threadpoolctl is importable, and those variables if they are set.
 Objective: content [4], style all 13 layers, weights 1.5 / 10 / 0.3 (the tutorial's
 example). One iteration = `losses, grad = objective(mixed)`: the forward to
 conv5_3, the three losses, the normalised gradient by one backward.
+
+Each side runs in its own worker process (this module with --worker), driven in
+turns over a pipe: in one process the two disturbed each other (NumPy's buffers
+and freed memory change what PyTorch's allocator page-faults, and the idle
+threads of one library spin while the other runs), which moved PyTorch's
+512x512 time by 20% with no change on its side. Only one worker runs at a time.
 
 Checks first, per size: the three losses agree to 1e-3 relative and the gradients
 to a cosine similarity > 0.999; otherwise that size is not timed and the exit
@@ -24,7 +30,9 @@ cpstyle, torch, ...); the median of each is printed as
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -36,15 +44,118 @@ WEIGHTS = dict(weight_content=1.5, weight_style=10.0, weight_denoise=0.3)
 LOSS_RTOL, MIN_COS = 1e-3, 0.999
 
 
-def check(cp_obj, t_obj, x):
-    """-> (ok, text): losses within LOSS_RTOL relative, gradient cosine > MIN_COS."""
-    l1, g1 = cp_obj(x)
-    l2, g2 = t_obj(x)
+def compare(r1, r2):
+    """(losses, grad) of cpstyle and torch -> (ok, text): losses within LOSS_RTOL
+    relative, gradient cosine > MIN_COS."""
+    (l1, g1), (l2, g2) = r1, r2
     rel = max(abs(l1[k] - l2[k]) / max(abs(l2[k]), 1e-30) for k in l2)
     a, b = np.asarray(g1, np.float64).ravel(), np.asarray(g2, np.float64).ravel()
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
     ok = rel <= LOSS_RTOL and cos > MIN_COS
     return ok, f"losses max rel err {rel:.1e} (<= {LOSS_RTOL}) | grad cosine {cos:.7f} (> {MIN_COS})"
+
+
+def make_objective(side, n, images):
+    """-> (objective, x, what images) for side "cpstyle" or "torch" at n x n."""
+    content, style, used = make_images((n, n), (n, n), images)
+    from bench.torch_reference import initial_image
+    x = initial_image(content.shape, 0)
+    if side == "cpstyle":
+        import cpstyle
+        model = cpstyle.VGG16.load(device="cpu")
+        return cpstyle.StyleObjective(content, style, content_layer_ids=CONTENT_IDS,
+                                      style_layer_ids=STYLE_IDS, model=model, **WEIGHTS), x, used
+    import torch
+    from bench.torch_reference import TorchObjective, TorchVGG16, load_weights
+    torch.set_num_threads(os.cpu_count())
+    tmodel = TorchVGG16(load_weights(), "cpu")
+    return TorchObjective(content, style, CONTENT_IDS, STYLE_IDS, model=tmodel, **WEIGHTS), x, used
+
+
+def timed(obj, x):
+    t0 = time.perf_counter()
+    obj(x)
+    return time.perf_counter() - t0
+
+
+def worker(side, n, images):
+    """--worker: build one side, then answer the driver's lines on stdin:
+    "result PATH" (one evaluation, losses and gradient saved to PATH, .npz),
+    "time" (one timed evaluation, seconds), "quit". Replies are one line."""
+    obj, x, used = make_objective(side, n, images)
+    print(f"ready {used}", flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "result":
+            losses, grad = obj(x)
+            np.savez(cmd[1], grad=grad, **{k: np.float64(v) for k, v in losses.items()})
+            print("ok", flush=True)
+        elif cmd[0] == "time":
+            print(repr(timed(obj, x)), flush=True)
+        else:
+            return 0
+    return 0
+
+
+class Worker:
+    """One side in its own process (python -m bench.bench_cpu --worker SIDE)."""
+
+    def __init__(self, side, n, images):
+        self.side = side
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_cpu", "--worker", side, "--sizes", str(n),
+             "--images", images], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.used = self.reply().split()[1]
+
+    def reply(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench_cpu: the {self.side} worker stopped (its error is above)")
+        return line.strip()
+
+    def ask(self, cmd):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self.reply()
+
+    def result(self, path):
+        self.ask(f"result {path}")
+        with np.load(path) as z:
+            return {k: float(z[k]) for k in ("content", "style", "denoise")}, z["grad"]
+
+    def close(self):
+        try:
+            self.ask("quit")
+        except (SystemExit, BrokenPipeError):
+            pass
+        self.proc.wait()
+
+
+def measure(n, repeats, images, same_process):
+    """-> (ok, check text, images used, cpstyle times, torch times)."""
+    if same_process:
+        (c_obj, x, used), (t_obj, _, _) = (make_objective(s, n, images) for s in ("cpstyle", "torch"))
+        ok, text = compare(c_obj(x), t_obj(x))  # also the warm-up of both
+        runs = {"c": lambda: timed(c_obj, x), "t": lambda: timed(t_obj, x)}
+        stop = lambda: None  # noqa: E731
+    else:
+        c, t = Worker("cpstyle", n, images), Worker("torch", n, images)
+        used = c.used
+        with tempfile.TemporaryDirectory() as tmp:
+            ok, text = compare(c.result(os.path.join(tmp, "c.npz")),
+                               t.result(os.path.join(tmp, "t.npz")))  # the warm-up too
+        runs = {"c": lambda: float(c.ask("time")), "t": lambda: float(t.ask("time"))}
+        stop = lambda: (c.close(), t.close())  # noqa: E731
+    times = {"c": [], "t": []}
+    try:
+        if ok:
+            for _ in range(repeats):
+                for k in ("c", "t"):
+                    times[k].append(runs[k]())
+    finally:
+        stop()
+    return ok, text, used, times["c"], times["t"]
 
 
 def main(argv=None):
@@ -54,52 +165,47 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per size (median)")
     p.add_argument("--quick", action="store_true", help="64 px, 1 repeat")
     p.add_argument("--images", choices=["auto", "bundled", "random"], default="auto")
+    p.add_argument("--same-process", action="store_true",
+                   help="time both sides in this process, not in two workers")
+    p.add_argument("--worker", choices=["cpstyle", "torch"], help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     sizes = [64] if opts.quick else [int(s) for s in opts.sizes.split(",") if s.strip()]
     repeats = 1 if opts.quick else opts.repeats
     if repeats < 1 or not sizes or min(sizes) < 16:
         p.error("--repeats must be >= 1 and sizes >= 16 px")
+    if opts.worker:
+        return worker(opts.worker, sizes[0], opts.images)
 
     try:
         import torch
     except ImportError:
         raise SystemExit("bench_cpu compares against PyTorch: pip install torch==2.13.0 "
                          "(the CPU build)") from None
-    import cpstyle
-    from bench.torch_reference import TorchObjective, TorchVGG16, initial_image, load_weights
+    from cpstyle import weights
+    try:  # the weights must be there: fail here, not in a worker
+        weights.load()
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"bench_cpu: {e}") from None
 
     threads = os.cpu_count()
-    torch.set_num_threads(threads)
     blas = blas_info()
     line = (f"device: cpu | {cpu_name()} | {threads} cores | numpy {np.__version__} BLAS "
             f"threads {blas['threads']} ({blas['internal_api'] or '?'} core {blas['architecture']}) "
             f"| OpenBLAS thread timeout 2^{blas['thread_timeout']} cycles "
-            f"| torch {torch.__version__} threads {torch.get_num_threads()}")
+            f"| torch {torch.__version__} threads {threads} "
+            f"| {'one process' if opts.same_process else 'a worker process per side'}")
     if blas["env"]:
         line += f" | env {blas['env']} (unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE to benchmark)"
     print(line, flush=True)
 
-    model = cpstyle.VGG16.load(device="cpu")
-    tmodel = TorchVGG16(load_weights(), "cpu")
     failed = False
     for n in sizes:
-        content, style, used = make_images((n, n), (n, n), opts.images)
-        x = initial_image(content.shape, 0)
-        cp_obj = cpstyle.StyleObjective(content, style, content_layer_ids=CONTENT_IDS,
-                                        style_layer_ids=STYLE_IDS, model=model, **WEIGHTS)
-        t_obj = TorchObjective(content, style, CONTENT_IDS, STYLE_IDS, model=tmodel, **WEIGHTS)
-        ok, text = check(cp_obj, t_obj, x)  # also the warm-up of both
+        ok, text, used, cp_t, t_t = measure(n, repeats, opts.images, opts.same_process)
         print(f"check | {n}x{n} | {used} images | {text} | {'ok' if ok else 'FAILED: not timed'}",
               flush=True)
         if not ok:
             failed = True
             continue
-        cp_t, t_t = [], []
-        for _ in range(repeats):
-            for obj, out in ((cp_obj, cp_t), (t_obj, t_t)):
-                t0 = time.perf_counter()
-                obj(x)
-                out.append(time.perf_counter() - t0)
         a, b = statistics.median(cp_t), statistics.median(t_t)
         gflop = iteration_flops(n, n) / 1e9
         print(f"cpu objective | {n}x{n} | cpstyle {a:.3f} s | torch {b:.3f} s | ratio {a / b:.2f} "
