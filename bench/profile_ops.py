@@ -2,7 +2,11 @@
 stage of one iteration (GpuStyleTransfer.marks), fp32 and tf32, plus the host's
 time to enqueue an iteration. Run on a GPU machine:
 
-    python -m bench.profile_ops --size 1024 [--size 512] [--json PATH]
+    python -m bench.profile_ops --size 1024 [--size 512] [--json PATH] [--col2im all]
+
+--col2im all: every conv backward in the col2im form (dz·Wᵀ, col2im_kernel),
+not only conv1_1's (ops.conv.gpu_backward_uses_col2im), to measure the other
+layers before changing the rule.
 """
 import argparse
 import json
@@ -44,15 +48,21 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, action="append")
     p.add_argument("--json")
+    p.add_argument("--col2im", choices=["conv1", "all"], default="conv1",
+                   help="which conv backwards take the col2im form")
     a = p.parse_args(argv)
+    if a.col2im == "all":
+        from cpstyle.ops import conv
+        conv.gpu_backward_uses_col2im = lambda cin, cout: cin <= cout
     from cpstyle import VGG16
     model = VGG16.load(device="gpu")
     out = []
     for size in a.size or [1024]:
         for prec in ("fp32", "tf32"):
             r = profile(size, prec, model)
+            r["col2im"] = a.col2im
             out.append(r)
-            print(f"== {size}x{size} {prec}: {r['total_ms']:.2f} ms on the GPU, "
+            print(f"== {size}x{size} {prec} (col2im {a.col2im}): {r['total_ms']:.2f} ms on the GPU, "
                   f"host enqueue {r['enqueue_ms']:.2f} ms")
             top = sorted(r["stages_ms"].items(), key=lambda kv: -kv[1])
             for label, ms in top[:14]:

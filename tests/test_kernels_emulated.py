@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 
 from cpstyle import cuda
-from cpstyle.ops.conv import (conv_backward_cpu, conv_backward_gpu, conv_forward_cpu,
-                              conv_forward_gpu, flip_kernel, im2col_cpu, im2col_gpu)
+from cpstyle.ops.conv import (col2im_cpu, col2im_gpu, conv_backward_cpu, conv_backward_gpu,
+                              conv_forward_cpu, conv_forward_gpu, flip_kernel, im2col_cpu,
+                              im2col_gpu)
 from cpstyle.ops.gram import (gram_backward_cpu, gram_backward_gpu, gram_forward_cpu,
                               gram_forward_gpu)
 from cpstyle.ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
                               denoise_backward_cpu, denoise_forward_cpu, denoise_sum_gpu,
                               mse_backward_cpu, mse_forward_cpu, mse_sum_gpu, scaled_diff_gpu)
-from cpstyle.ops import optim
+from cpstyle.ops import conv, optim
 from cpstyle.ops.pool import (avgpool_backward_cpu, avgpool_backward_gpu, avgpool_forward_cpu,
                               avgpool_forward_gpu, maxpool_backward_cpu, maxpool_backward_gpu,
                               maxpool_forward_cpu, maxpool_forward_gpu)
@@ -131,11 +132,32 @@ def test_conv_forward(emu, rng, shape, cout):
     assert cache[0] is wt and cache[1] is y
 
 
+@covers("col2im_kernel")
+@pytest.mark.parametrize("shape", SHAPES)
+def test_col2im(emu, rng, shape):
+    n, h, w, c = shape
+    p = rng.standard_normal((n * h * w, 9 * c)).astype(np.float32)
+    out = col2im_gpu(p, (n, h, w), out=nan_like(shape))
+    assert_close(out, col2im_cpu(p, (n, h, w)), atol=0, rtol=0, what="col2im")  # same sums, same order
+
+
 @covers("relu_backward_kernel", "im2col_kernel")
 @pytest.mark.parametrize("shape,cout", [((1, 1, 1, 3), 1), ((1, 3, 7, 3), 5), ((2, 5, 4, 7), 3),
                                         ((1, 33, 3, 2), 7)])
 @pytest.mark.parametrize("give_wflip", [True, False])
 def test_conv_backward(emu, rng, shape, cout, give_wflip):
+    _conv_backward_case(rng, shape, cout, give_wflip)
+
+
+# Cout >= 4·Cin (conv1_1's shape): dz·Wᵀ and col2im_kernel
+@covers("relu_backward_kernel", "col2im_kernel")
+@pytest.mark.parametrize("shape,cout", [((1, 3, 7, 3), 16), ((1, 33, 3, 2), 8), ((2, 5, 4, 1), 4)])
+def test_conv_backward_col2im_form(emu, rng, shape, cout):
+    assert conv.gpu_backward_uses_col2im(shape[3], cout)
+    _conv_backward_case(rng, shape, cout, False)
+
+
+def _conv_backward_case(rng, shape, cout, give_wflip):
     x, wt, b = _conv_case(rng, shape, cout)
     n, h, w, cin = shape
     _, cache = conv_forward_cpu(x, wt, b)

@@ -12,8 +12,9 @@ import pytest
 
 from cpstyle import cuda
 from cpstyle.ops import conv, gram, loss, pool, preprocess, update
-from cpstyle.ops.conv import (conv_backward_cpu, conv_backward_gpu, conv_forward_cpu,
-                              conv_forward_gpu, flip_kernel, im2col_cpu, im2col_gpu)
+from cpstyle.ops.conv import (col2im_cpu, col2im_gpu, conv_backward_cpu, conv_backward_gpu,
+                              conv_forward_cpu, conv_forward_gpu, flip_kernel, im2col_cpu,
+                              im2col_gpu)
 from cpstyle.ops.gram import (gram_backward_cpu, gram_backward_gpu, gram_forward_cpu,
                               gram_forward_gpu)
 from cpstyle.ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
@@ -96,6 +97,16 @@ def _conv_case(rng, shape, cout):
 def _gemm_atol(k, a_max, w):
     """2·K·eps·max|a|·max_col Σ_k |W[k, col]|: both results are within half of it."""
     return 2 * k * EPS32 * a_max * np.abs(w.reshape(k, -1)).sum(axis=0).max()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 5, 4, 7), (1, 37, 45, 3), (1, 19, 23, 64)])
+def test_col2im_gpu(rng, shape):
+    n, h, w, c = shape
+    p = rng.standard_normal((n * h * w, 9 * c)).astype(np.float32)
+    out = col2im_gpu(cp.asarray(p), (n, h, w), out=poison(shape))
+    # the same float32 sums in the same order as col2im_cpu
+    assert_close(host(out), col2im_cpu(p, (n, h, w)), atol=0, rtol=0, what="col2im")
 
 
 CONV_CASES = [((1, 1, 1, 3), 1), ((1, 3, 7, 3), 5), ((2, 5, 4, 7), 3), ((1, 33, 17, 2), 7),

@@ -229,7 +229,8 @@ def conv_forward_gpu(x, w, b, out=None, cols=None):
 def conv_backward_gpu(dout, cache, wflip=None, out=None, cols=None, dz=None):
     """dout (N, H, W, Cout) -> dx (N, H, W, Cin). `wflip` = flip_kernel(w) (made
     here when None); `cols` (>= N*H*W*9*Cout floats) and `dz` (>= N*H*W*Cout)
-    are work buffers of any shape."""
+    are work buffers of any shape. im2col of dz and one GEMM, or for conv1_1
+    dz·Wᵀ and col2im_kernel (gpu_backward_uses_col2im)."""
     xp = get_array_module(dout)
     w, y = cache
     if wflip is None:
@@ -242,10 +243,37 @@ def conv_backward_gpu(dout, cache, wflip=None, out=None, cols=None, dz=None):
     blk = cuda.config["block"]
     cuda.launch(cuda.get_kernel("conv", "relu_backward_kernel"), cuda.ceil_div(dz.size, blk), blk,
                 (dz, dout, y, cuda.i32(dz.size)))  # dz = dout ⊙ [y > 0]
-    cols = im2col_gpu(dz, out=cuda.work_view(xp, cols, (n * h * wd, 9 * cout), what="cols"))
     dx = cuda.out_array(xp, out, (n, h, wd, cin))
+    if gpu_backward_uses_col2im(cin, cout):
+        # conv1_1: dz·Wᵀ (N*H*W, 9*Cin), then col2im_kernel sums the taps
+        p = cuda.work_view(xp, cols, (n * h * wd, 9 * cin), what="cols")
+        xp.matmul(dz.reshape(n * h * wd, cout), w.reshape(9 * cin, cout).T, out=p)
+        return col2im_gpu(p, (n, h, wd), out=dx)
+    cols = im2col_gpu(dz, out=cuda.work_view(xp, cols, (n * h * wd, 9 * cout), what="cols"))
     xp.matmul(cols, wflip.reshape(9 * cout, cin), out=dx.reshape(n * h * wd, cin))
     return dx
+
+
+def gpu_backward_uses_col2im(cin, cout):
+    """Whether the GPU backward takes the col2im form: where Cout >= 4·Cin
+    (conv1_1), whose im2col form has a GEMM only Cin wide. Other layers keep
+    im2col until a GPU run shows col2im wins there too (bench.profile_ops
+    --col2im all swaps this rule to measure it)."""
+    return 4 * cin <= cout
+
+
+def col2im_gpu(p, nhw, out=None):
+    """(N*H*W, 9*C) float32 -> (N, H, W, C): col2im_cpu's sum, in its order."""
+    xp = get_array_module(p)
+    n, h, w = nhw
+    c = p.shape[1] // 9
+    if p.shape != (n * h * w, 9 * c):
+        raise ValueError(f"col2im: columns {p.shape} do not fit {nhw}")
+    out = cuda.out_array(xp, out, (n, h, w, c))
+    blk = cuda.config["block"]
+    cuda.launch(cuda.get_kernel("conv", "col2im_kernel"), cuda.ceil_div(out.size, blk), blk,
+                (out, p, cuda.i32(n), cuda.i32(h), cuda.i32(w), cuda.i32(c)))
+    return out
 
 
 def _on_gpu(*arrays):
