@@ -4,9 +4,11 @@ time to enqueue an iteration. Run on a GPU machine:
 
     python -m bench.profile_ops --size 1024 [--size 512] [--json PATH] [--col2im all]
 
---col2im all: every conv backward in the col2im form (dz·Wᵀ, col2im_kernel),
-not only conv1_1's (ops.conv.gpu_backward_uses_col2im), to measure the other
-layers before changing the rule.
+--col2im all: every conv in the col2im form where it has no more columns than
+im2col (backward dz·Wᵀ + col2im_kernel where Cin <= Cout; forward x·W' +
+col2im_bias_relu_kernel where Cout <= Cin), not only conv1_1's backward
+(ops.conv.gpu_backward_uses_col2im / gpu_forward_uses_col2im), to measure
+them before changing the rules.
 """
 import argparse
 import json
@@ -54,6 +56,7 @@ def main(argv=None):
     if a.col2im == "all":
         from cpstyle.ops import conv
         conv.gpu_backward_uses_col2im = lambda cin, cout: cin <= cout
+        conv.gpu_forward_uses_col2im = lambda cin, cout: cout <= cin
     from cpstyle import VGG16
     model = VGG16.load(device="gpu")
     out = []

@@ -168,7 +168,7 @@ class GpuStyleTransfer:
         for i in range(self.depth):
             rows = h.shape[1] * h.shape[2]
             conv_forward_gpu(h, m.kernels[i], m.biases[i], out=self.acts[i],
-                             cols=self._cols(rows, 9 * h.shape[3]))
+                             cols=self._cols(rows, 9 * h.shape[3]), wflip=m.kernels_flipped[i])
             h = self.acts[i]
             self._mark(f"conv forward {i}")
             if self.pooled[i] is not None:

@@ -18,6 +18,9 @@
 //       order (centre tap first). The backward of conv1_1 (Cin 3, Cout 64):
 //       dz·Wᵀ is 27 columns wide, where im2col of dz is 576 wide and its GEMM
 //       only 3 (cuBLAS's worst shape: 5.3 ms of a 40 ms 1024² iteration).
+//   col2im_bias_relu_kernel(float* y, const float* p, const float* b, int N, int H, int W, int C)
+//       y = max(col2im(p) + b, 0): the forward's col2im form (conv_forward_cpu's,
+//       for Cout <= Cin), p = x·W' with W' the kernel flipped in space.
 //
 // One thread per output element; any 1-D block size. No defines.
 
@@ -54,9 +57,8 @@ extern "C" __global__ void relu_backward_kernel(float* dz, const float* dout, co
     dz[i] = y[i] > 0.0f ? dout[i] : 0.0f;
 }
 
-extern "C" __global__ void col2im_kernel(float* out, const float* p, int N, int H, int W, int C) {
-    long long i = global_index();
-    if (i >= (long long)N * H * W * C) return;
+// Σ over the taps for output element i = ((n*H + a)*W + b)*C + c; see col2im_kernel.
+__device__ __forceinline__ float col2im_sum(const float* p, long long i, int H, int W, int C) {
     long long pix = i / C;           // (n*H + a)*W + b of the output pixel
     int c = (int)(i - pix * C);
     int b = (int)(pix % W);
@@ -72,5 +74,18 @@ extern "C" __global__ void col2im_kernel(float* out, const float* p, int N, int 
         if (sa < 0 || sa >= H || sb < 0 || sb >= W) continue;
         s += p[((n * H + sa) * W + sb) * k9 + (long long)tap * C + c];
     }
-    out[i] = s;
+    return s;
+}
+
+extern "C" __global__ void col2im_kernel(float* out, const float* p, int N, int H, int W, int C) {
+    long long i = global_index();
+    if (i >= (long long)N * H * W * C) return;
+    out[i] = col2im_sum(p, i, H, W, C);
+}
+
+extern "C" __global__ void col2im_bias_relu_kernel(float* y, const float* p, const float* b,
+                                                   int N, int H, int W, int C) {
+    long long i = global_index();
+    if (i >= (long long)N * H * W * C) return;
+    y[i] = fmaxf(col2im_sum(p, i, H, W, C) + b[i % C], 0.0f);
 }

@@ -18,8 +18,15 @@ def emulator():
     return Emulator()
 
 
-@pytest.mark.parametrize("gram_norm", ["none", "hw"])
-def test_emulated_engine_matches_reference_loop(gram_norm, emulator, rng):
+# lowering "all": every conv in the col2im form where it has no more columns
+# (what bench.profile_ops --col2im all times on a GPU), not only conv1_1's backward
+@pytest.mark.parametrize("gram_norm, lowering", [("none", "default"), ("hw", "default"),
+                                                 ("none", "all")])
+def test_emulated_engine_matches_reference_loop(gram_norm, lowering, emulator, rng, monkeypatch):
+    if lowering == "all":
+        from cpstyle.ops import conv
+        monkeypatch.setattr(conv, "gpu_backward_uses_col2im", lambda cin, cout: cin <= cout)
+        monkeypatch.setattr(conv, "gpu_forward_uses_col2im", lambda cin, cout: cout <= cin)
     model = VGG16(random_params(SMALL, np.random.default_rng(3)), device="cpu")
     content = rng.uniform(0, 255, (17, 21, 3)).astype(np.float32)
     style = rng.uniform(0, 255, (16, 19, 3)).astype(np.float32)
@@ -28,6 +35,7 @@ def test_emulated_engine_matches_reference_loop(gram_norm, emulator, rng):
     ref = cpstyle.style_transfer(content, style, num_iterations=3, seed=2, model=model,
                                  callback=seen_ref.append, callback_every=2,
                                  gram_norm=gram_norm, **layers)
+    emulator.launched.clear()
     with emulator.installed():
         eng = GpuStyleTransfer(model, content, style, layers["content_layer_ids"],
                                layers["style_layer_ids"], 1.5, 10.0, 0.3, gram_norm=gram_norm)
@@ -40,7 +48,10 @@ def test_emulated_engine_matches_reference_loop(gram_norm, emulator, rng):
             assert pe.adj[k] == pytest.approx(pr.adj[k], rel=1e-4), (pr.iteration, k)
         assert_close(pe.image, pr.image, atol=1e-2, rtol=0, what=f"image at {pr.iteration}")
     assert_close(out, ref, atol=1e-2, rtol=0, what="final image")
-    for k in ("im2col_kernel", "maxpool_backward_kernel", "update_kernel", "adj_weights_kernel"):
+    kernels = ["im2col_kernel", "maxpool_backward_kernel", "update_kernel", "adj_weights_kernel"]
+    if lowering == "all":
+        kernels += ["col2im_kernel", "col2im_bias_relu_kernel"]
+    for k in kernels:
         assert k in emulator.launched, k
 
 

@@ -141,6 +141,25 @@ def test_col2im(emu, rng, shape):
     assert_close(out, col2im_cpu(p, (n, h, w)), atol=0, rtol=0, what="col2im")  # same sums, same order
 
 
+# the col2im form of the forward (off by default on a GPU until timed there)
+@covers("col2im_bias_relu_kernel")
+@pytest.mark.parametrize("shape,cout", [((1, 1, 1, 3), 3), ((1, 3, 7, 5), 2), ((2, 5, 4, 7), 7),
+                                        ((1, 33, 3, 4), 1)])
+@pytest.mark.parametrize("give_wflip", [True, False])
+def test_conv_forward_col2im_form(emu, rng, monkeypatch, shape, cout, give_wflip):
+    monkeypatch.setattr(conv, "gpu_forward_uses_col2im", lambda cin, cout: True)
+    x, wt, b = _conv_case(rng, shape, cout)
+    n, h, w, cin = shape
+    y, cache = conv_forward_gpu(x, wt, b, out=nan_like((n, h, w, cout)),
+                                cols=nan_like(n * h * w * 9 * cout + 5),
+                                wflip=flip_kernel(wt) if give_wflip else None)
+    yr, _ = conv_forward_cpu(x, wt, b)  # Cout <= Cin: the same form on the CPU
+    k = 9 * cin
+    assert_close(y, yr, atol=k * EPS32 * (np.abs(wt).max() * k + np.abs(b).max()), rtol=1e-6,
+                 what="conv forward, col2im form")
+    assert cache[1] is y
+
+
 @covers("relu_backward_kernel", "im2col_kernel")
 @pytest.mark.parametrize("shape,cout", [((1, 1, 1, 3), 1), ((1, 3, 7, 3), 5), ((2, 5, 4, 7), 3),
                                         ((1, 33, 3, 2), 7)])

@@ -128,6 +128,22 @@ def test_conv_forward_gpu(rng, shape, cout):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("shape,cout", [((1, 3, 7, 3), 3), ((2, 5, 4, 7), 3), ((1, 37, 45, 64), 64)])
+def test_conv_forward_gpu_col2im_form(rng, monkeypatch, shape, cout):
+    from cpstyle.ops import conv
+    monkeypatch.setattr(conv, "gpu_forward_uses_col2im", lambda cin, cout: True)
+    x, w, b = _conv_case(rng, shape, cout)
+    n, h, wd, cin = shape
+    out = poison((n, h, wd, cout))
+    y, _ = conv_forward_gpu(cp.asarray(x), cp.asarray(w), cp.asarray(b), out=out,
+                            cols=poison(n * h * wd * 9 * cout + 7))
+    assert y is out
+    yr, _ = conv_forward_cpu(x, w, b)
+    assert_close(host(y), yr, atol=_gemm_atol(9 * cin, 1.0, w) + EPS32, rtol=EPS32,
+                 what="conv forward, col2im form")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape,cout", CONV_CASES)
 def test_conv_backward_gpu(rng, shape, cout):
     x, w, b = _conv_case(rng, shape, cout)

@@ -208,22 +208,38 @@ def im2col_gpu(x, out=None):
     return cols
 
 
-def conv_forward_gpu(x, w, b, out=None, cols=None):
+def conv_forward_gpu(x, w, b, out=None, cols=None, wflip=None):
     """x (N, H, W, Cin), w (3, 3, Cin, Cout), b (Cout,) float32 -> y (N, H, W, Cout),
-    cache (w, y). `cols`: work buffer of at least N*H*W*9*Cin floats (any shape)."""
+    cache (w, y). `cols`: work buffer of at least N*H*W*9*Cin floats (any shape).
+    im2col, one GEMM and bias_relu_kernel; or, where gpu_forward_uses_col2im,
+    x·W' (W' = wflip, made here when None) and col2im_bias_relu_kernel."""
     xp = get_array_module(x)
     n, h, wd, cin = x.shape
     cout = w.shape[3]
     if w.shape != (3, 3, cin, cout) or b.shape != (cout,):
         raise ValueError(f"conv: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
-    cols = im2col_gpu(x, out=cuda.work_view(xp, cols, (n * h * wd, 9 * cin), what="cols"))
     y = cuda.out_array(xp, out, (n, h, wd, cout))
+    blk = cuda.config["block"]
+    if gpu_forward_uses_col2im(cin, cout):
+        wflip = flip_kernel(w) if wflip is None else wflip
+        p = cuda.work_view(xp, cols, (n * h * wd, 9 * cout), what="cols")
+        xp.matmul(x.reshape(n * h * wd, cin), wflip.reshape(9 * cout, cin).T, out=p)
+        cuda.launch(cuda.get_kernel("conv", "col2im_bias_relu_kernel"), cuda.ceil_div(y.size, blk),
+                    blk, (y, p, b, cuda.i32(n), cuda.i32(h), cuda.i32(wd), cuda.i32(cout)))
+        return y, (w, y)
+    cols = im2col_gpu(x, out=cuda.work_view(xp, cols, (n * h * wd, 9 * cin), what="cols"))
     y2d = y.reshape(n * h * wd, cout)  # a view: y is C-contiguous
     xp.matmul(cols, w.reshape(9 * cin, cout), out=y2d)
-    blk = cuda.config["block"]
     cuda.launch(cuda.get_kernel("conv", "bias_relu_kernel"), cuda.ceil_div(y2d.size, blk), blk,
                 (y2d, b, cuda.i32(n * h * wd), cuda.i32(cout)))
     return y, (w, y)
+
+
+def gpu_forward_uses_col2im(cin, cout):
+    """Whether the GPU forward takes the col2im form (the NumPy backend's for
+    Cout <= Cin). Not yet: no GPU run has timed it against im2col (bench.profile_ops
+    --col2im all does)."""
+    return False
 
 
 def conv_backward_gpu(dout, cache, wflip=None, out=None, cols=None, dz=None):
