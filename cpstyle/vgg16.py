@@ -16,8 +16,8 @@ import numpy as np
 
 from . import layers
 from .backend import resolve_device, to_device, xp_for
-from .ops.conv import (conv_forward_cpu, conv_input_grad_cpu, flip_kernel, relu_backward_cpu,
-                       relu_epilogue)
+from .ops.conv import (conv_forward_cpu, conv_input_grad_cpu, flip_kernel, gemm_weights,
+                       relu_backward_cpu, relu_epilogue)
 from .ops.parallel import get as buffer
 from .ops.pool import (POOLINGS, avgpool_backward_cpu, avgpool_forward_cpu,
                        maxpool_backward_cpu, maxpool_forward_cpu)
@@ -40,6 +40,8 @@ class VGG16:
         self.kernels = [to_device(w, self.xp, self.dtype) for w, _ in params]
         self.biases = [to_device(b, self.xp, self.dtype) for _, b in params]
         self.kernels_flipped = [flip_kernel(w) for w in self.kernels]
+        # the NumPy path's GEMM operands, C-contiguous (ops.conv.gemm_weights)
+        self.gemm = [gemm_weights(w) for w in self.kernels] if self.xp is np else None
         scale, shift, self.bgr = preprocess_params(preprocessing, mean, std)
         self.scale = self.xp.asarray(scale, dtype=self.dtype)
         self.shift = self.xp.asarray(shift, dtype=self.dtype)
@@ -88,7 +90,7 @@ class VGG16:
         for i in range(tap_ids[-1] + 1):
             shape = h.shape[:3] + (self.kernels[i].shape[3],)
             h, conv_cache = conv_forward_cpu(h, self.kernels[i], self.biases[i],
-                                             self.kernels_flipped[i],
+                                             self.kernels_flipped[i], wmat=self._gemm(i, 0),
                                              out=buffer(ws, xp, ("y", i), shape, dt))
             if i in tap_ids:
                 taps[i] = h
@@ -103,6 +105,9 @@ class VGG16:
                 pool_cache = (self.pooling, c)
             caches.append((conv_cache, pool_cache))
         return taps, caches
+
+    def _gemm(self, i, k):
+        return None if self.gemm is None else self.gemm[i][k]
 
     def backward(self, dtaps, caches, workspace=None):
         """{id: dL/dtap} -> dL/dx (N, H, W, 3). workspace: as in forward, for
@@ -122,15 +127,16 @@ class VGG16:
         for i in range(top, -1, -1):
             (w, _), _ = caches[i]
             if i == 0:
-                dh = conv_input_grad_cpu(dz, w, self.kernels_flipped[i])
+                dh = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], wmat=self._gemm(i, 1))
                 break
             (_, y), pool_cache = caches[i - 1]
             finish = relu_epilogue(y, dtaps.get(i - 1))
             if pool_cache is None:
                 dz = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], epilogue=finish,
+                                         wmat=self._gemm(i, 1),
                                          out=buffer(ws, xp, ("dz", i - 1), y.shape, dt))
                 continue
-            dp = conv_input_grad_cpu(dz, w, self.kernels_flipped[i],
+            dp = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], wmat=self._gemm(i, 1),
                                      out=buffer(ws, xp, ("dp", i), dz.shape[:3] + (w.shape[2],), dt))
             kind, c = pool_cache
             if kind == "avg":

@@ -78,3 +78,20 @@ def test_col2im_is_the_adjoint_of_im2col(shape, block_bytes, rng):
         for kx in range(3):
             pad[:, ky:ky + h, kx:kx + w] += taps[:, :, :, ky, kx]
     np.testing.assert_allclose(back, pad[:, 1:-1, 1:-1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cin, cout", [(3, 5), (5, 5), (6, 2)])
+def test_gemm_weights_give_the_same_conv(cin, cout, rng):
+    """The model's contiguous GEMM operands (gemm_weights) change nothing but speed."""
+    from cpstyle.ops.conv import conv_input_grad_cpu, gemm_weights
+    x = rng.standard_normal((1, 6, 5, cin))
+    w = rng.standard_normal((3, 3, cin, cout))
+    b = rng.standard_normal(cout)
+    fwd, bwd = gemm_weights(w)
+    assert fwd.flags.c_contiguous and bwd.flags.c_contiguous
+    y, _ = conv_forward_cpu(x, w, b, wmat=fwd)
+    assert_close(y, conv_forward_cpu(x, w, b)[0], atol=1e-12, rtol=1e-12, what="forward with wmat")
+    dz = rng.standard_normal(y.shape)
+    assert_close(conv_input_grad_cpu(dz, w, wmat=bwd), conv_input_grad_cpu(dz, w),
+                 atol=1e-12, rtol=1e-12, what="input grad with wmat")
+    assert_close(y, direct_conv(x, w, b), atol=1e-12, rtol=1e-12, what="forward vs direct")
