@@ -27,6 +27,17 @@ def test_maxpool_ties_go_to_first_in_row_major_order():
     assert dx[0, 0, 1, 0] == 1 and dx[0, 1, 0, 0] == 0
 
 
+def test_maxpool_every_tie_pattern_takes_the_first_maximum():
+    # all 3^4 windows with values in {0, 1, 2}: ties everywhere, as after a ReLU
+    vals = np.array(np.meshgrid(*[[0.0, 1.0, 2.0]] * 4, indexing="ij")).reshape(4, -1).T
+    x = np.zeros((1, 2, 2 * len(vals), 1))
+    x[0, 0, 0::2, 0], x[0, 0, 1::2, 0] = vals[:, 0], vals[:, 1]  # slots 0, 1
+    x[0, 1, 0::2, 0], x[0, 1, 1::2, 0] = vals[:, 2], vals[:, 3]  # slots 2, 3
+    y, (arg, _) = maxpool_forward_cpu(x)
+    assert np.array_equal(y[0, 0, :, 0], vals.max(axis=1))
+    assert np.array_equal(arg[0, 0, :, 0], np.argmax(vals, axis=1))  # first maximal slot
+
+
 @pytest.mark.parametrize("shape", [(1, 7, 5, 3), (2, 6, 9, 2)])
 def test_maxpool_backward_gradcheck(shape, rng):
     x = rng.standard_normal(shape)
