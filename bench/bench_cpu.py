@@ -1,7 +1,7 @@
 """One iteration of the tutorial objective on the CPU: cpstyle's NumPy reference
 against PyTorch (bench/torch_reference.py), same weights, same images, same x.
 
-    python -m bench.bench_cpu --sizes 256,512 --repeats 5
+    python -m bench.bench_cpu --sizes 256,512 --repeats 5 --processes 3
     python -m bench.bench_cpu --quick            # 64 px, 1 repeat
     python -m bench.bench_cpu --same-process     # both in this process (the old way)
 
@@ -19,6 +19,10 @@ turns over a pipe: in one process the two disturbed each other (NumPy's buffers
 and freed memory change what PyTorch's allocator page-faults, and the idle
 threads of one library spin while the other runs), which moved PyTorch's
 512x512 time by 20% with no change on its side. Only one worker runs at a time.
+A process's luck (where its memory lands) also moved PyTorch's 256x256 time by
+up to 15% from one process to the next, so each size gets --processes (3) fresh
+pairs of workers; the medians are over all their rounds, and the line ends with
+each pair's own ratio.
 
 Checks first, per size: the three losses agree to 1e-3 relative and the gradients
 to a cosine similarity > 0.999; otherwise that size is not timed and the exit
@@ -133,7 +137,8 @@ class Worker:
 
 
 def measure(n, repeats, images, same_process):
-    """-> (ok, check text, images used, cpstyle times, torch times)."""
+    """One pair of sides (a process each, or both here): check, then `repeats`
+    interleaved rounds -> (ok, check text, images used, cpstyle times, torch times)."""
     if same_process:
         (c_obj, x, used), (t_obj, _, _) = (make_objective(s, n, images) for s in ("cpstyle", "torch"))
         ok, text = compare(c_obj(x), t_obj(x))  # also the warm-up of both
@@ -167,12 +172,15 @@ def main(argv=None):
     p.add_argument("--images", choices=["auto", "bundled", "random"], default="auto")
     p.add_argument("--same-process", action="store_true",
                    help="time both sides in this process, not in two workers")
+    p.add_argument("--processes", type=int, default=3,
+                   help="fresh worker pairs per size, each timing --repeats rounds (default 3)")
     p.add_argument("--worker", choices=["cpstyle", "torch"], help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     sizes = [64] if opts.quick else [int(s) for s in opts.sizes.split(",") if s.strip()]
     repeats = 1 if opts.quick else opts.repeats
-    if repeats < 1 or not sizes or min(sizes) < 16:
-        p.error("--repeats must be >= 1 and sizes >= 16 px")
+    pairs = 1 if opts.quick or opts.same_process else opts.processes
+    if repeats < 1 or pairs < 1 or not sizes or min(sizes) < 16:
+        p.error("--repeats and --processes must be >= 1 and sizes >= 16 px")
     if opts.worker:
         return worker(opts.worker, sizes[0], opts.images)
 
@@ -193,23 +201,33 @@ def main(argv=None):
             f"threads {blas['threads']} ({blas['internal_api'] or '?'} core {blas['architecture']}) "
             f"| OpenBLAS thread timeout 2^{blas['thread_timeout']} cycles "
             f"| torch {torch.__version__} threads {threads} "
-            f"| {'one process' if opts.same_process else 'a worker process per side'}")
+            f"| {'one process' if opts.same_process else f'a worker process per side, {pairs} pairs'}")
     if blas["env"]:
         line += f" | env {blas['env']} (unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE to benchmark)"
     print(line, flush=True)
 
     failed = False
     for n in sizes:
-        ok, text, used, cp_t, t_t = measure(n, repeats, opts.images, opts.same_process)
-        print(f"check | {n}x{n} | {used} images | {text} | {'ok' if ok else 'FAILED: not timed'}",
-              flush=True)
+        cp_t, t_t, per_pair = [], [], []
+        for _ in range(pairs):
+            ok, text, used, c, t = measure(n, repeats, opts.images, opts.same_process)
+            print(f"check | {n}x{n} | {used} images | {text} | {'ok' if ok else 'FAILED: not timed'}",
+                  flush=True)
+            if not ok:
+                break
+            cp_t += c
+            t_t += t
+            per_pair.append(statistics.median(c) / statistics.median(t))
         if not ok:
             failed = True
             continue
         a, b = statistics.median(cp_t), statistics.median(t_t)
         gflop = iteration_flops(n, n) / 1e9
+        spread = ""
+        if pairs > 1:
+            spread = " | per process pair " + " ".join(f"{r:.2f}" for r in per_pair)
         print(f"cpu objective | {n}x{n} | cpstyle {a:.3f} s | torch {b:.3f} s | ratio {a / b:.2f} "
-              f"| {gflop / a:.1f} / {gflop / b:.1f} GFLOP/s", flush=True)
+              f"| {gflop / a:.1f} / {gflop / b:.1f} GFLOP/s{spread}", flush=True)
     return 1 if failed else 0
 
 
