@@ -142,7 +142,7 @@ class StyleObjective:
             dg = mse_backward_cpu(g, self.style_targets[i], coef[1] * sw[i])
             d = gram_backward_cpu(dg, cache, out=buffer(ws, xp, ("dtap", i), cache[1], g.dtype))
             if i in dtaps:
-                dtaps[i] += d  # both fresh arrays: add in place
+                dtaps[i] += d  # the content term: a new array, ours to add to
             else:
                 dtaps[i] = d
         grad = model.backward(dtaps, caches, ws)
