@@ -31,8 +31,11 @@ echo "bench: $(( $(date +%s) - start )) s"
 
 timeout "${PROFILE_TIMEOUT:-90}" $PY -m bench.profile_ops --size 512 --size 1024 \
     --json "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log"
-# the same with every conv backward in the col2im form (not only conv1_1's)
+# the same with every conv in the col2im form where it has no more columns
 timeout "${PROFILE_TIMEOUT:-90}" $PY -m bench.profile_ops --size 1024 --col2im all \
     --json "$OUT/profile-col2im-all.json" 2>&1 | tee "$OUT/profile-col2im-all.log"
+# each conv's GEMM alone, both lowerings, fp32 and tf32 (cuBLAS's view of the shapes)
+timeout "${PROFILE_TIMEOUT:-90}" $PY -m bench.profile_ops --gemm-shapes --size 1024 \
+    --json "$OUT/gemm-shapes.json" 2>&1 | tee "$OUT/gemm-shapes.log"
 
 $PY bench/device_check.py --tests "$OUT/gpu-tests.xml" --bench "$OUT/bench.json" --out-dir "$OUT"

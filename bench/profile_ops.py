@@ -3,12 +3,18 @@ stage of one iteration (GpuStyleTransfer.marks), fp32 and tf32, plus the host's
 time to enqueue an iteration. Run on a GPU machine:
 
     python -m bench.profile_ops --size 1024 [--size 512] [--json PATH] [--col2im all]
+    python -m bench.profile_ops --gemm-shapes [--size 1024] [--json PATH]
 
 --col2im all: every conv in the col2im form where it has no more columns than
 im2col (backward dz·Wᵀ + col2im_kernel where Cin <= Cout; forward x·W' +
 col2im_bias_relu_kernel where Cout <= Cin), not only conv1_1's backward
 (ops.conv.gpu_backward_uses_col2im / gpu_forward_uses_col2im), to measure
 them before changing the rules.
+
+--gemm-shapes: the GEMM of every VGG-16 conv on its own, in both lowerings
+(im2col: (M, 9·Cin) x (9·Cin, Cout); col2im: (M, Cin) x (Cin, 9·Cout); and the
+backward's pair), fp32 and tf32, with the operands laid out as ops/conv.py
+passes them: which shapes cuBLAS runs well, apart from everything around them.
 """
 import argparse
 import json
@@ -46,13 +52,93 @@ def profile(size, precision, model, repeats=3):
             "stages_ms": {k: float(np.median(v)) for k, v in stages.items()}}
 
 
+def gemm_cases(size):
+    """-> [(layer, direction, lowering, M, K, N)] for VGG-16 at size x size."""
+    from cpstyle import layers
+    cases, hw = [], size
+    for i, (cin, cout) in enumerate(layers.LAYER_CHANNELS):
+        m = hw * hw
+        cases += [(i, "forward", "im2col", m, 9 * cin, cout), (i, "forward", "col2im", m, cin, 9 * cout),
+                  (i, "backward", "im2col", m, 9 * cout, cin), (i, "backward", "col2im", m, cout, 9 * cin)]
+        if i in layers.POOL_AFTER:
+            hw //= 2
+    return cases
+
+
+def time_gemms(size, xp, repeats=5):
+    """Median ms and TFLOP/s of each distinct GEMM shape of gemm_cases(size), fp32
+    and tf32 on CuPy (fp32 only on NumPy, the smoke test's backend)."""
+    from cpstyle.gpu_engine import matmul_precision
+    seen, rows = {}, []
+    for layer, direction, lowering, m, k, n in gemm_cases(size):
+        key = (m, k, n)
+        if key not in seen:
+            # constant operands (a GEMM's time does not depend on the values; no
+            # host-side random gigabytes); the weight operand as conv.py passes
+            # it: a transposed view for col2im
+            a = xp.full((m, k), 0.5, dtype=np.float32)
+            b = (xp.full((n, k), 0.25, dtype=np.float32).T if lowering == "col2im"
+                 else xp.full((k, n), 0.25, dtype=np.float32))
+            out = xp.empty((m, n), dtype=np.float32)
+            seen[key] = {}
+            for prec in (("fp32", "tf32") if xp is not np else ("fp32",)):
+                with matmul_precision(prec, xp):
+                    ms = _median_ms(lambda: xp.matmul(a, b, out=out), xp, repeats)
+                seen[key][prec] = {"ms": ms, "tflops": 2 * m * k * n / ms / 1e9}
+            del a, b, out
+        rows.append({"layer": layer, "direction": direction, "lowering": lowering,
+                     "m": m, "k": k, "n": n, **seen[key]})
+    return rows
+
+
+def _median_ms(fn, xp, repeats):
+    fn()
+    if xp is np:
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(ts))
+    import cupy as cp
+    ts = []
+    for _ in range(repeats):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        ts.append(cp.cuda.get_elapsed_time(start, stop))
+    return float(np.median(ts))
+
+
+def print_gemms(rows):
+    for r in rows:
+        line = (f"gemm | conv{r['layer']:>2} {r['direction']:8s} {r['lowering']:6s} | "
+                f"{r['m']}x{r['k']}x{r['n']}")
+        for prec in ("fp32", "tf32"):
+            if prec in r:
+                line += f" | {prec} {r[prec]['ms']:7.3f} ms {r[prec]['tflops']:6.1f} TFLOP/s"
+        print(line, flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, action="append")
     p.add_argument("--json")
     p.add_argument("--col2im", choices=["conv1", "all"], default="conv1",
                    help="which conv backwards take the col2im form")
+    p.add_argument("--gemm-shapes", action="store_true",
+                   help="time each conv's GEMM alone, in both lowerings")
     a = p.parse_args(argv)
+    if a.gemm_shapes:
+        import cupy as cp
+        rows = time_gemms((a.size or [1024])[0], cp)
+        print_gemms(rows)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     if a.col2im == "all":
         from cpstyle.ops import conv
         conv.gpu_backward_uses_col2im = lambda cin, cout: cin <= cout

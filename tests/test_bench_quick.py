@@ -35,3 +35,17 @@ def test_bench_cpu_quick_checks_and_times_in_two_workers():
     assert any(l.startswith("check | 64x64 |") and l.endswith("| ok") for l in lines)
     timing = [l for l in lines if l.startswith("cpu objective | 64x64 |")]
     assert len(timing) == 1 and "ratio" in timing[0]
+
+
+def test_profile_gemm_shapes_smoke():
+    """bench.profile_ops --gemm-shapes runs on a GPU; its shape list and timing
+    loop run here on NumPy at 32 px: 13 layers x 2 directions x 2 lowerings."""
+    import numpy as np
+    sys.path.insert(0, REPO)
+    from bench.profile_ops import gemm_cases, time_gemms
+    cases = gemm_cases(32)
+    assert len(cases) == 52
+    assert cases[5][3:] == (32 * 32, 64, 9 * 64)  # conv1_2 forward, col2im: x (M, Cin) · (Cin, 9·Cout)
+    assert cases[-1][3] == 2 * 2  # conv5_x at 32 / 16
+    rows = time_gemms(32, np, repeats=1)
+    assert len(rows) == 52 and all(r["fp32"]["ms"] > 0 for r in rows)
