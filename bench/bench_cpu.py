@@ -29,7 +29,8 @@ to a cosine similarity > 0.999; otherwise that size is not timed and the exit
 status is 1. Then a warm-up of each, and N interleaved rounds (cpstyle, torch,
 cpstyle, torch, ...); the median of each is printed as
 
-    cpu objective | 256x256 | cpstyle 0.635 s | torch 0.590 s | ratio 1.08 | ... | per process pair 1.08 1.09 1.08
+    cpu objective | 256x256 | cpstyle 0.635 s | torch 0.590 s | ratio 1.08 | ...
+        ... | per process pair 1.08 1.09 1.08
 """
 import argparse
 import os
@@ -140,7 +141,8 @@ def measure(n, repeats, images, same_process):
     """One pair of sides (a process each, or both here): check, then `repeats`
     interleaved rounds -> (ok, check text, images used, cpstyle times, torch times)."""
     if same_process:
-        (c_obj, x, used), (t_obj, _, _) = (make_objective(s, n, images) for s in ("cpstyle", "torch"))
+        (c_obj, x, used), (t_obj, _, _) = (make_objective(s, n, images)
+                                           for s in ("cpstyle", "torch"))
         ok, text = compare(c_obj(x), t_obj(x))  # also the warm-up of both
         runs = {"c": lambda: timed(c_obj, x), "t": lambda: timed(t_obj, x)}
         stop = lambda: None  # noqa: E731
@@ -201,7 +203,8 @@ def main(argv=None):
             f"threads {blas['threads']} ({blas['internal_api'] or '?'} core {blas['architecture']}) "
             f"| OpenBLAS thread timeout 2^{blas['thread_timeout']} cycles "
             f"| torch {torch.__version__} threads {threads} "
-            f"| {'one process' if opts.same_process else f'a worker process per side, {pairs} pairs'}")
+            + ("| one process" if opts.same_process
+               else f"| a worker process per side, {pairs} pairs"))
     if blas["env"]:
         line += f" | env {blas['env']} (unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE to benchmark)"
     print(line, flush=True)
@@ -211,8 +214,8 @@ def main(argv=None):
         cp_t, t_t, per_pair = [], [], []
         for _ in range(pairs):
             ok, text, used, c, t = measure(n, repeats, opts.images, opts.same_process)
-            print(f"check | {n}x{n} | {used} images | {text} | {'ok' if ok else 'FAILED: not timed'}",
-                  flush=True)
+            verdict = "ok" if ok else "FAILED: not timed"
+            print(f"check | {n}x{n} | {used} images | {text} | {verdict}", flush=True)
             if not ok:
                 break
             cp_t += c
