@@ -15,6 +15,9 @@ them before changing the rules.
 (im2col: (M, 9·Cin) x (9·Cin, Cout); col2im: (M, Cin) x (Cin, 9·Cout); and the
 backward's pair), fp32 and tf32, with the operands laid out as ops/conv.py
 passes them: which shapes cuBLAS runs well, apart from everything around them.
+Also a square 8192³ GEMM (cuBLAS at its best through CuPy, and proof that TF32
+is engaged), and each shape through PyTorch's matmul where PyTorch is there
+(is a slow shape cuBLAS's, or CuPy's way of calling it?).
 """
 import argparse
 import json
@@ -52,10 +55,14 @@ def profile(size, precision, model, repeats=3):
             "stages_ms": {k: float(np.median(v)) for k, v in stages.items()}}
 
 
-def gemm_cases(size):
-    """-> [(layer, direction, lowering, M, K, N)] for VGG-16 at size x size."""
+def gemm_cases(size, reference=0):
+    """-> [(layer, direction, lowering, M, K, N)] for VGG-16 at size x size; with
+    reference=R, first a square R x R x R GEMM (layer -1): what cuBLAS reaches
+    through CuPy at its best, and whether TF32 is engaged at all."""
     from cpstyle import layers
     cases, hw = [], size
+    if reference:
+        cases.append((-1, "reference", "square", reference, reference, reference))
     for i, (cin, cout) in enumerate(layers.LAYER_CHANNELS):
         m = hw * hw
         cases += [(i, "forward", "im2col", m, 9 * cin, cout), (i, "forward", "col2im", m, cin, 9 * cout),
@@ -65,12 +72,12 @@ def gemm_cases(size):
     return cases
 
 
-def time_gemms(size, xp, repeats=5):
-    """Median ms and TFLOP/s of each distinct GEMM shape of gemm_cases(size), fp32
-    and tf32 on CuPy (fp32 only on NumPy, the smoke test's backend)."""
+def time_gemms(size, xp, repeats=5, reference=0):
+    """Median ms and TFLOP/s of each distinct GEMM shape of gemm_cases(size,
+    reference), fp32 and tf32 on CuPy (fp32 only on NumPy, the smoke test's backend)."""
     from cpstyle.gpu_engine import matmul_precision
     seen, rows = {}, []
-    for layer, direction, lowering, m, k, n in gemm_cases(size):
+    for layer, direction, lowering, m, k, n in gemm_cases(size, reference):
         key = (m, k, n)
         if key not in seen:
             # constant operands (a GEMM's time does not depend on the values; no
@@ -86,9 +93,60 @@ def time_gemms(size, xp, repeats=5):
                     ms = _median_ms(lambda: xp.matmul(a, b, out=out), xp, repeats)
                 seen[key][prec] = {"ms": ms, "tflops": 2 * m * k * n / ms / 1e9}
             del a, b, out
+            seen[key].update(_torch_gemm(m, k, n, lowering, xp, repeats))
         rows.append({"layer": layer, "direction": direction, "lowering": lowering,
                      "m": m, "k": k, "n": n, **seen[key]})
     return rows
+
+
+def _torch_gemm(m, k, n, lowering, xp, repeats, device="cuda"):
+    """The same GEMM through PyTorch's cuBLAS call, fp32 and tf32, where PyTorch
+    and a GPU are there ({} otherwise): is a slow shape cuBLAS's or CuPy's way
+    of calling it? -> {"torch_fp32": {...}, "torch_tf32": {...}}, or
+    {"torch_error": text} (the rest of the table still comes back).
+    device="cpu": the smoke test's way through the same code."""
+    if xp is np and device == "cuda":
+        return {}
+    try:
+        import torch
+        if device == "cuda" and not torch.cuda.is_available():
+            return {}
+    except ImportError:
+        return {}
+    try:
+        a = torch.full((m, k), 0.5, device=device)
+        b = (torch.full((n, k), 0.25, device=device).t() if lowering == "col2im"
+             else torch.full((k, n), 0.25, device=device))
+        out = torch.empty((m, n), device=device)
+        res, old = {}, torch.backends.cuda.matmul.allow_tf32
+        try:
+            for prec in ("fp32", "tf32"):
+                torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
+                ms = _torch_median_ms(lambda: torch.matmul(a, b, out=out), torch, device, repeats)
+                res[f"torch_{prec}"] = {"ms": ms, "tflops": 2 * m * k * n / ms / 1e9}
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+        return res
+    except Exception as e:  # a broken PyTorch column must not lose CuPy's
+        return {"torch_error": f"{type(e).__name__}: {e}"[:200]}
+
+
+def _torch_median_ms(fn, torch, device, repeats):
+    fn()
+    ts = []
+    for _ in range(repeats):
+        if device == "cpu":
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+            continue
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        ts.append(start.elapsed_time(stop))
+    return float(np.median(ts))
 
 
 def _median_ms(fn, xp, repeats):
@@ -114,11 +172,14 @@ def _median_ms(fn, xp, repeats):
 
 def print_gemms(rows):
     for r in rows:
-        line = (f"gemm | conv{r['layer']:>2} {r['direction']:8s} {r['lowering']:6s} | "
+        what = "square   " if r["layer"] < 0 else f"conv{r['layer']:>2}"
+        line = (f"gemm | {what} {r['direction']:9s} {r['lowering']:6s} | "
                 f"{r['m']}x{r['k']}x{r['n']}")
-        for prec in ("fp32", "tf32"):
+        for prec in ("fp32", "tf32", "torch_fp32", "torch_tf32"):
             if prec in r:
                 line += f" | {prec} {r[prec]['ms']:7.3f} ms {r[prec]['tflops']:6.1f} TFLOP/s"
+        if "torch_error" in r:
+            line += f" | torch: {r['torch_error']}"
         print(line, flush=True)
 
 
@@ -133,7 +194,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.gemm_shapes:
         import cupy as cp
-        rows = time_gemms((a.size or [1024])[0], cp)
+        rows = time_gemms((a.size or [1024])[0], cp, reference=8192)
         print_gemms(rows)
         if a.json:
             with open(a.json, "w") as f:

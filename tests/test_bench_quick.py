@@ -47,5 +47,20 @@ def test_profile_gemm_shapes_smoke():
     assert len(cases) == 52
     assert cases[5][3:] == (32 * 32, 64, 9 * 64)  # conv1_2 forward, col2im: x (M, Cin) · (Cin, 9·Cout)
     assert cases[-1][3] == 2 * 2  # conv5_x at 32 / 16
-    rows = time_gemms(32, np, repeats=1)
-    assert len(rows) == 52 and all(r["fp32"]["ms"] > 0 for r in rows)
+    rows = time_gemms(32, np, repeats=1, reference=64)
+    assert len(rows) == 53 and rows[0]["m"] == rows[0]["k"] == rows[0]["n"] == 64
+    assert all(r["fp32"]["ms"] > 0 for r in rows)
+
+
+def test_profile_gemm_shapes_torch_column_on_cpu():
+    """The PyTorch column of --gemm-shapes, run through its CPU branch where
+    PyTorch is installed (CI has none and skips)."""
+    import pytest
+    pytest.importorskip("torch")
+    import numpy as np
+    sys.path.insert(0, REPO)
+    from bench.profile_ops import _torch_gemm
+    for lowering in ("im2col", "col2im"):
+        r = _torch_gemm(64, 27, 16, lowering, np, 1, device="cpu")
+        assert "torch_error" not in r, r
+        assert r["torch_fp32"]["ms"] > 0 and r["torch_tf32"]["ms"] > 0
