@@ -89,8 +89,9 @@ def time_gemms(size, xp, repeats=5, reference=0):
             out = xp.empty((m, n), dtype=np.float32)
             seen[key] = {}
             for prec in (("fp32", "tf32") if xp is not np else ("fp32",)):
+                events = () if xp is np else (xp.cuda.Event, xp.cuda.get_elapsed_time)
                 with matmul_precision(prec, xp):
-                    ms = _median_ms(lambda: xp.matmul(a, b, out=out), xp, repeats)
+                    ms = _median_ms(lambda: xp.matmul(a, b, out=out), repeats, *events)
                 seen[key][prec] = {"ms": ms, "tflops": 2 * m * k * n / ms / 1e9}
             del a, b, out
             seen[key].update(_torch_gemm(m, k, n, lowering, xp, repeats))
@@ -122,7 +123,9 @@ def _torch_gemm(m, k, n, lowering, xp, repeats, device="cuda"):
         try:
             for prec in ("fp32", "tf32"):
                 torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
-                ms = _torch_median_ms(lambda: torch.matmul(a, b, out=out), torch, device, repeats)
+                events = () if device == "cpu" else (
+                    lambda: torch.cuda.Event(enable_timing=True), lambda t0, t1: t0.elapsed_time(t1))
+                ms = _median_ms(lambda: torch.matmul(a, b, out=out), repeats, *events)
                 res[f"torch_{prec}"] = {"ms": ms, "tflops": 2 * m * k * n / ms / 1e9}
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
@@ -131,42 +134,23 @@ def _torch_gemm(m, k, n, lowering, xp, repeats, device="cuda"):
         return {"torch_error": f"{type(e).__name__}: {e}"[:200]}
 
 
-def _torch_median_ms(fn, torch, device, repeats):
+def _median_ms(fn, repeats, new_event=None, elapsed=None):
+    """Median ms of fn() after one warm-up: with new_event (a device event
+    factory) and elapsed(start, stop) in ms, timed by events; else perf_counter."""
     fn()
     ts = []
     for _ in range(repeats):
-        if device == "cpu":
+        if new_event is None:
             t0 = time.perf_counter()
             fn()
             ts.append((time.perf_counter() - t0) * 1e3)
             continue
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, stop = new_event(), new_event()
         start.record()
         fn()
         stop.record()
         stop.synchronize()
-        ts.append(start.elapsed_time(stop))
-    return float(np.median(ts))
-
-
-def _median_ms(fn, xp, repeats):
-    fn()
-    if xp is np:
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(ts))
-    import cupy as cp
-    ts = []
-    for _ in range(repeats):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        ts.append(cp.cuda.get_elapsed_time(start, stop))
+        ts.append(elapsed(start, stop))
     return float(np.median(ts))
 
 

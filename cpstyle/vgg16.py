@@ -41,7 +41,8 @@ class VGG16:
         self.biases = [to_device(b, self.xp, self.dtype) for _, b in params]
         self.kernels_flipped = [flip_kernel(w) for w in self.kernels]
         # the NumPy path's GEMM operands, C-contiguous (ops.conv.gemm_weights)
-        self.gemm = [gemm_weights(w) for w in self.kernels] if self.xp is np else None
+        self.gemm = ([gemm_weights(w, wf) for w, wf in zip(self.kernels, self.kernels_flipped)]
+                     if self.xp is np else None)
         scale, shift, self.bgr = preprocess_params(preprocessing, mean, std)
         self.scale = self.xp.asarray(scale, dtype=self.dtype)
         self.shift = self.xp.asarray(shift, dtype=self.dtype)

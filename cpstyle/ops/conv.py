@@ -58,15 +58,16 @@ def flip_kernel(w):
     return xp.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
 
 
-def gemm_weights(w):
-    """w (3, 3, Cin, Cout) -> (forward matrix, backward matrix): the GEMM operands
-    of conv_forward_cpu and conv_input_grad_cpu for this kernel, C-contiguous.
+def gemm_weights(w, wflip=None):
+    """w (3, 3, Cin, Cout) (and flip_kernel(w), if kept) -> (forward matrix,
+    backward matrix): the GEMM operands of conv_forward_cpu and
+    conv_input_grad_cpu for this kernel, C-contiguous.
     A transposed view works too, but OpenBLAS packs it more slowly: the model
     keeps these (about 1.7x the weights' memory) for 12 ms of a 0.61 s 256²
     iteration (in-process A/B, 2-core VM)."""
     xp = get_array_module(w)
     cin, cout = w.shape[2], w.shape[3]
-    wflip = flip_kernel(w)
+    wflip = flip_kernel(w) if wflip is None else wflip
     fwd = (xp.ascontiguousarray(wflip.reshape(9 * cout, cin).T) if cout <= cin
            else w.reshape(9 * cin, cout))  # (Cin, 9*Cout) or (9*Cin, Cout)
     bwd = (xp.ascontiguousarray(w.reshape(9 * cin, cout).T) if cin <= cout
