@@ -44,3 +44,18 @@ def weights_path():
 def vgg_cpu(weights_path):
     from cpstyle import VGG16
     return VGG16.load(device="cpu", path=weights_path)
+
+
+@pytest.fixture(params=["rows", "one-gemm"])
+def conv_form(request, monkeypatch):
+    """Run a test with every NumPy conv in the row-shifted form (ops/conv.py,
+    whatever its size) or with none (the one-GEMM lowerings)."""
+    from cpstyle.ops import blas, conv
+    if request.param == "rows":
+        if not blas.available(np.float64):
+            pytest.skip("NumPy's BLAS is not reachable here (ops/blas.py)")
+        monkeypatch.setattr(conv, "ROWS_MIN_PIXELS", 1)
+        monkeypatch.setattr(conv, "ROWS_MIN_COLUMNS", 1)
+    else:
+        monkeypatch.setattr(conv, "ROWS_FORM", False)
+    return request.param

@@ -16,11 +16,12 @@ def direct_conv(x, w, b):
     return np.maximum(y, 0)
 
 
-# Cout > Cin: im2col of x; Cout <= Cin: x·W' then col2im (both forms)
+# rows: the row-shifted form; one-gemm: Cout > Cin im2col of x, Cout <= Cin
+# x·W' then col2im (both)
 @pytest.mark.parametrize("shape, cout", [((1, 1, 1, 3), 4), ((1, 7, 5, 3), 4), ((2, 9, 4, 5), 4),
                                          ((1, 33, 17, 2), 4), ((1, 7, 5, 3), 3), ((1, 1, 1, 3), 3),
-                                         ((1, 33, 17, 6), 2)])
-def test_conv_forward_matches_direct(shape, cout, rng):
+                                         ((1, 33, 17, 6), 2), ((2, 1, 6, 3), 4), ((1, 6, 1, 3), 4)])
+def test_conv_forward_matches_direct(shape, cout, rng, conv_form):
     x = rng.standard_normal(shape)
     w = rng.standard_normal((3, 3, shape[3], cout))
     b = rng.standard_normal(cout)
@@ -37,10 +38,11 @@ def test_im2col_layout(rng):
     assert np.array_equal(cols[0, 2, 3, 0, 0], x[0, 1, 2])
 
 
-# Cin <= Cout takes the col2im path (every VGG layer), Cin > Cout the im2col-of-dz path
+# one-gemm: Cin <= Cout takes the col2im path (every VGG layer), Cin > Cout the
+# im2col-of-dz path; rows: the row-shifted form for both
 @pytest.mark.parametrize("shape, cout", [((1, 5, 7, 3), 5), ((2, 4, 3, 6), 5), ((1, 1, 9, 2), 5),
-                                         ((1, 6, 5, 3), 16), ((1, 6, 5, 8), 3)])
-def test_conv_backward_gradcheck(shape, cout, rng):
+                                         ((1, 6, 5, 3), 16), ((1, 6, 5, 8), 3), ((1, 9, 1, 2), 3)])
+def test_conv_backward_gradcheck(shape, cout, rng, conv_form):
     x = rng.standard_normal(shape)
     w = rng.standard_normal((3, 3, shape[3], cout))
     b = rng.standard_normal(cout) * 0.5
@@ -51,7 +53,7 @@ def test_conv_backward_gradcheck(shape, cout, rng):
     assert err < 1e-6, f"relative error {err:.3g}"
 
 
-def test_conv_float32_keeps_dtype(rng):
+def test_conv_float32_keeps_dtype(rng, conv_form):
     x = rng.standard_normal((1, 5, 5, 3)).astype(np.float32)
     w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
     b = np.zeros(4, np.float32)
@@ -95,3 +97,45 @@ def test_gemm_weights_give_the_same_conv(cin, cout, rng):
     assert_close(conv_input_grad_cpu(dz, w, wmat=bwd), conv_input_grad_cpu(dz, w),
                  atol=1e-12, rtol=1e-12, what="input grad with wmat")
     assert_close(y, direct_conv(x, w, b), atol=1e-12, rtol=1e-12, what="forward vs direct")
+
+
+def test_unfold_kx_layout(rng):
+    from cpstyle.ops.conv import unfold_kx_cpu
+    x = rng.standard_normal((2, 3, 4, 2))
+    u = unfold_kx_cpu(x)  # (N, H+2, W, 3, C)
+    pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for kx in range(3):
+        assert np.array_equal(u[:, :, :, kx], pad[:, :, kx:kx + 4])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_form_matches_one_gemm_on_vgg_sizes(dtype, rng, monkeypatch):
+    """At the sizes the model uses it (uses_rows_form's defaults), the
+    row-shifted form gives the one-GEMM result to rounding, forward and back,
+    threads and cache blocks crossed (64 rows of 2 KB)."""
+    from cpstyle.ops import blas, conv
+    if not blas.available(dtype):
+        pytest.skip("NumPy's BLAS is not reachable here (ops/blas.py)")
+    x = rng.standard_normal((1, 64, 32, 16)).astype(dtype)
+    w = (rng.standard_normal((3, 3, 16, 32)) * 0.1).astype(dtype)
+    b = rng.standard_normal(32).astype(dtype)
+    dz = rng.standard_normal((1, 64, 32, 32)).astype(dtype)
+    assert conv.uses_rows_form(32, 64 * 32, dtype) and conv.uses_rows_form(16, 64 * 32, dtype)
+    y, _ = conv.conv_forward_cpu(x, w, b)
+    dx = conv.conv_input_grad_cpu(dz, w)
+    monkeypatch.setattr(conv, "ROWS_FORM", False)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert_close(y, conv.conv_forward_cpu(x, w, b)[0], atol=tol, rtol=tol, what="forward")
+    assert_close(dx, conv.conv_input_grad_cpu(dz, w), atol=tol, rtol=tol, what="input grad")
+
+
+def test_conv_refuses_a_strided_out(rng, conv_form):
+    """Both forms write y through a reshaped view of `out`: a strided one would
+    leave the result in a copy, so it is refused."""
+    from cpstyle.ops.conv import conv_input_grad_cpu
+    x = rng.standard_normal((1, 4, 5, 3))
+    w = rng.standard_normal((3, 3, 3, 4))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        conv_forward_cpu(x, w, np.zeros(4), out=np.empty((1, 4, 5, 8))[..., ::2])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        conv_input_grad_cpu(np.ones((1, 4, 5, 4)), w, out=np.empty((1, 4, 5, 6))[..., ::2])

@@ -15,3 +15,18 @@ def test_gram_forward_and_gradcheck(norm, rng):
     dx = gram_backward_cpu(r, cache)
     err = directional_check(lambda z: float(np.sum(gram_forward_cpu(z, norm)[0] * r)), dx, x, rng)
     assert err < 1e-6, f"relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_gram_forward_split_over_threads(split, rng, monkeypatch):
+    """With NumPy's BLAS reachable, Fᵀ·F is summed from one SYRK per thread's
+    rows; without, one matmul. Both are the Gram matrix (odd row count)."""
+    from cpstyle.ops import blas
+    if split and not blas.available(np.float64):
+        pytest.skip("NumPy's BLAS is not reachable here (ops/blas.py)")
+    if not split:
+        monkeypatch.setattr(blas, "available", lambda dtype=None: False)
+    x = rng.standard_normal((2, 37, 29, 6))
+    g, _ = gram_forward_cpu(x)
+    f = x.reshape(2, -1, 6)
+    assert_close(g, np.einsum("npc,npd->ncd", f, f), 1e-12, 1e-12, "gram")

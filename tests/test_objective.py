@@ -20,7 +20,7 @@ def make_objective(rng, gram_norm="none", shape=(17, 23)):
 
 
 @pytest.mark.parametrize("gram_norm", ["none", "hw"])
-def test_objective_gradient_is_gradient_of_weighted_log_losses(gram_norm, rng):
+def test_objective_gradient_is_gradient_of_weighted_log_losses(gram_norm, rng, conv_form):
     # w·∇L/(L+eps) summed over the three terms is exactly ∇ Σ w·log(L + eps):
     # the normalised gradient of DESIGN.md §5 has a scalar potential to check against.
     obj, content = make_objective(rng, gram_norm)

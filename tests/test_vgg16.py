@@ -36,7 +36,7 @@ def direct_forward(x, params, upto, mean, std):
 # whose odd last row/column the pool crops (the backward folds it in there)
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 @pytest.mark.parametrize("tap_ids", [[2, 8, 12], [0, 1, 3, 6, 9, 12]])
-def test_backward_gradcheck_through_all_layers_odd_shape(rng, pooling, tap_ids):
+def test_backward_gradcheck_through_all_layers_odd_shape(rng, pooling, tap_ids, conv_form):
     model = small_vgg(rng).with_pooling(pooling)
     x = rng.uniform(0, 255, (1, 17, 23, 3))
     taps, caches = model.forward(x, tap_ids)
@@ -83,7 +83,7 @@ def test_forward_stops_at_deepest_tap(rng):
 
 
 @pytest.mark.weights
-def test_real_vgg_forward_matches_direct_convolution(vgg_cpu, rng):
+def test_real_vgg_forward_matches_direct_convolution(vgg_cpu, rng, conv_form):
     x = rng.uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
     params = list(zip(vgg_cpu.kernels, vgg_cpu.biases))
     assert [w.shape[2:] for w, _ in params] == list(LAYER_CHANNELS)
