@@ -243,9 +243,11 @@ def conv_rows_cpu(x, wk, out=None, epilogue=None):
     wk (3, 3*C, Cout) with wk[ky] = W[ky].reshape(3*C, Cout) -> out (N, H, W,
     Cout) = conv3x3(x, W). epilogue(out, lo, hi) then runs on cache-sized blocks
     of rows (bias + ReLU, or the next layer's ReLU mask). Needs blas.available.
-    Each thread takes a band of output rows: its three GEMMs on one BLAS
-    thread, then the epilogue on the band (blas.in_rows; 297 ms against 304
-    with OpenBLAS's threads for the 13 convs at 256x256, 2-core VM)."""
+    Each thread takes a band of output rows and works through it in blocks of
+    about BLOCK_BYTES of output: a block's three GEMMs on one BLAS thread, so
+    the block stays in cache from one to the next and for the epilogue
+    (blas.in_rows). 256x256 conv1_2 forward, 2-core VM: 35.6 ms, against 39.6
+    with whole bands and 43 with OpenBLAS's threads over the whole image."""
     n, h, w, c = x.shape
     cout = wk.shape[2]
     u = unfold_kx_cpu(x, scratch(np, "cols", (n, h + 2, w, 3, c), x.dtype))
@@ -254,14 +256,15 @@ def conv_rows_cpu(x, wk, out=None, epilogue=None):
     step = max(1, BLOCK_BYTES // row_bytes(out))
 
     def band(lo, hi):  # output rows lo..hi-1 of every image
-        for k in range(n):
-            rows, y = u[k].reshape((h + 2) * w, 3 * c), out[k].reshape(h * w, cout)
-            for ky in range(3):  # y (H*W, Cout) += U[ky*W : ky*W + H*W] (H*W, 3*C) @ wk[ky]
-                blas.gemm(rows[(lo + ky) * w:(hi + ky) * w], wk[ky], y[lo * w:hi * w],
-                          beta=0.0 if ky == 0 else 1.0)
-        if epilogue is not None:
-            for a in range(lo, hi, step):
-                epilogue(out, a, min(a + step, hi))
+        for a0 in range(lo, hi, step):
+            a1 = min(a0 + step, hi)
+            for k in range(n):
+                rows, y = u[k].reshape((h + 2) * w, 3 * c), out[k].reshape(h * w, cout)
+                for ky in range(3):  # y (H*W, Cout) += U[ky*W : ky*W + H*W] (H*W, 3*C) @ wk[ky]
+                    blas.gemm(rows[(a0 + ky) * w:(a1 + ky) * w], wk[ky], y[a0 * w:a1 * w],
+                              beta=0.0 if ky == 0 else 1.0)
+            if epilogue is not None:
+                epilogue(out, a0, a1)
 
     blas.in_rows(band, h)
     return out

@@ -48,10 +48,15 @@ def in_row_chunks(fn, rows, xp):
         fn(0, rows)
         return
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix="cpstyle")
+        _pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="cpstyle")
     cuts = [rows * i // k for i in range(k + 1)]
-    for f in [_pool.submit(fn, lo, hi) for lo, hi in zip(cuts, cuts[1:])]:
-        f.result()
+    # the calling thread takes the first chunk itself: one hand-off fewer
+    futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(cuts[1:], cuts[2:])]
+    try:
+        fn(cuts[0], cuts[1])
+    finally:
+        for f in futures:
+            f.result()
 
 
 def in_row_blocks(fn, rows, row_bytes, xp, block_bytes=None):
