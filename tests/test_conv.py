@@ -99,23 +99,29 @@ def test_gemm_weights_give_the_same_conv(cin, cout, rng):
     assert_close(y, direct_conv(x, w, b), atol=1e-12, rtol=1e-12, what="forward vs direct")
 
 
-def test_unfold_kx_layout(rng):
-    from cpstyle.ops.conv import unfold_kx_cpu
-    x = rng.standard_normal((2, 3, 4, 2))
-    u = unfold_kx_cpu(x)  # (N, H+2, W, 3, C)
+def test_unfold_kx_rows_any_range(rng):
+    from cpstyle.ops.conv import unfold_kx_rows
+    x = rng.standard_normal((2, 4, 3, 2))
     pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    for kx in range(3):
-        assert np.array_equal(u[:, :, :, kx], pad[:, :, kx:kx + 4])
+    whole = np.stack([pad[:, :, kx:kx + 3] for kx in range(3)], axis=3)  # (2, 6, 3, 3, 2)
+    for r0 in range(6):
+        for r1 in range(r0 + 1, 7):
+            u = unfold_kx_rows(x, np.full((2, r1 - r0, 3, 3, 2), np.nan), r0, r1)
+            assert np.array_equal(u, whole[:, r0:r1]), (r0, r1)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_rows_form_matches_one_gemm_on_vgg_sizes(dtype, rng, monkeypatch):
+# block_bytes 1: a block per output row, so every block edge is crossed
+@pytest.mark.parametrize("dtype, block_bytes", [(np.float32, None), (np.float64, None),
+                                                (np.float32, 1)])
+def test_rows_form_matches_one_gemm_on_vgg_sizes(dtype, block_bytes, rng, monkeypatch):
     """At the sizes the model uses it (uses_rows_form's defaults), the
     row-shifted form gives the one-GEMM result to rounding, forward and back,
-    threads and cache blocks crossed (64 rows of 2 KB)."""
+    across the split over threads and the blocks within."""
     from cpstyle.ops import blas, conv
     if not blas.available(dtype):
         pytest.skip("NumPy's BLAS is not reachable here (ops/blas.py)")
+    if block_bytes is not None:
+        monkeypatch.setattr(conv, "BLOCK_BYTES", block_bytes)
     x = rng.standard_normal((1, 64, 32, 16)).astype(dtype)
     w = (rng.standard_normal((3, 3, 16, 32)) * 0.1).astype(dtype)
     b = rng.standard_normal(32).astype(dtype)

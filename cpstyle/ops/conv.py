@@ -1,6 +1,8 @@
-"""3x3 convolution, stride 1, zero padding 1, with bias and ReLU, as one GEMM.
+"""3x3 convolution, stride 1, zero padding 1, with bias and ReLU, as GEMMs.
 
-Two lowerings of the same product; each conv uses the one with fewer columns:
+Two one-GEMM lowerings of the same product (the GPU path; on NumPy where the
+row-shifted form below does not apply); each conv uses the one with fewer
+columns:
 
     im2col (Cout > Cin):   cols = im2col(x)          (N*H*W, 9*Cin), column (ky*3+kx)*Cin + c
                            y = relu(cols @ W.reshape(9*Cin, Cout) + b)
@@ -27,13 +29,15 @@ rows (i+ky)*W .. (i+ky)*W+W-1: a contiguous slice. So
 
     y = relu(Σ_ky U[ky*W : ky*W + H*W] @ W[ky].reshape(3*Cin, Cout) + b)
 
-three GEMMs summing into y through BLAS's beta, a 3x copy of x instead of a 9x
-one and no col2im pass: the same GEMM work, less memory traffic. The backward
-is the same sum with dz for x and flip_kernel(w) for W. Timed inside 256x256
-objective iterations (2-core VM, both forms in one process): conv1_2 forward
-39 ms against 43, the 26 conv passes 482 ms against 508. The GEMMs are thinner
-(K = 3*Cin), which OpenBLAS runs about as well: its rate follows the output
-width (148 GFLOP/s at 64 columns, 199 at 512), not K.
+three GEMMs summing into y through BLAS's beta, and no col2im pass: the same
+GEMM work, far less memory traffic, as U is made block by block in cache
+(conv_rows_cpu). The backward is the same sum with dz for x and flip_kernel(w)
+for W. The GEMMs are thinner (K = 3*Cin), which OpenBLAS runs about as well:
+its rate follows the output width (148 GFLOP/s at 64 columns, 199 at 512),
+not K. Timed inside 256x256 objective iterations (2-core VM, both forms in one
+process): conv1_2 forward 29 ms against 44, the 26 conv passes 443 ms against
+523.
+
 Kernels: kernels/conv.cu (the GPU path uses im2col). Tests: tests/test_conv.py."""
 import numpy as np
 
@@ -217,24 +221,23 @@ def conv_input_grad_cpu(dz, w, wflip=None, epilogue=None, out=None, wmat=None):
     return dx
 
 
-def unfold_kx_cpu(x, out=None):
-    """(N, H, W, C) -> (N, H+2, W, 3, C): out[:, r, j, kx] = x[:, r-1, j+kx-1],
-    zero outside the image (rows 0 and H+1 are all zeros)."""
-    xp = get_array_module(x)
-    n, h, w, c = x.shape
-    u = xp.empty((n, h + 2, w, 3, c), dtype=x.dtype) if out is None else out
-    u[:, 0] = 0
-    u[:, h + 1] = 0
-
-    def fill(lo, hi):  # rows of x lo..hi-1, rows lo+1..hi of u
-        src, dst = x[:, lo:hi], u[:, lo + 1:hi + 1]
-        dst[:, :, :, 1] = src
-        dst[:, :, 1:, 0] = src[:, :, :-1]
-        dst[:, :, 0, 0] = 0
-        dst[:, :, :-1, 2] = src[:, :, 1:]
-        dst[:, :, -1, 2] = 0
-
-    in_row_blocks(fill, h, 3 * row_bytes(x), xp)
+def unfold_kx_rows(x, u, r0, r1):
+    """Rows r0..r1-1 of U = unfold_kx(x) (N, H+2, W, 3, C), into u (N, r1-r0, W,
+    3, C): U[:, r, j, kx] = x[:, r-1, j+kx-1], zero outside the image (rows 0
+    and H+1 are all zeros)."""
+    h = x.shape[1]
+    s0, s1 = max(r0 - 1, 0), min(r1 - 1, h)  # rows of x inside
+    d0 = s0 + 1 - r0
+    u[:, :d0] = 0  # padding rows above and below
+    u[:, max(d0, s1 + 1 - r0):] = 0
+    if s0 >= s1:
+        return u
+    src, dst = x[:, s0:s1], u[:, d0:d0 + s1 - s0]
+    dst[:, :, :, 1] = src
+    dst[:, :, 1:, 0] = src[:, :, :-1]
+    dst[:, :, 0, 0] = 0
+    dst[:, :, :-1, 2] = src[:, :, 1:]
+    dst[:, :, -1, 2] = 0
     return u
 
 
@@ -243,25 +246,30 @@ def conv_rows_cpu(x, wk, out=None, epilogue=None):
     wk (3, 3*C, Cout) with wk[ky] = W[ky].reshape(3*C, Cout) -> out (N, H, W,
     Cout) = conv3x3(x, W). epilogue(out, lo, hi) then runs on cache-sized blocks
     of rows (bias + ReLU, or the next layer's ReLU mask). Needs blas.available.
-    Each thread takes a band of output rows and works through it in blocks of
-    about BLOCK_BYTES of output: a block's three GEMMs on one BLAS thread, so
-    the block stays in cache from one to the next and for the epilogue
-    (blas.in_rows). 256x256 conv1_2 forward, 2-core VM: 35.6 ms, against 39.6
-    with whole bands and 43 with OpenBLAS's threads over the whole image."""
+
+    Each thread takes a band of output rows (blas.in_rows) and works through
+    it in blocks of about BLOCK_BYTES of output: it unfolds the block's rows of
+    x (two more than the block) into a buffer of its own, runs the three GEMMs
+    on one BLAS thread, then the epilogue, so U never goes to memory and the
+    block stays in cache from one step to the next. 256x256 conv1_2 forward,
+    2-core VM: 29 ms, against 36 with U unfolded whole first, 40 with whole
+    bands and 43 with OpenBLAS's threads over the whole image."""
     n, h, w, c = x.shape
     cout = wk.shape[2]
-    u = unfold_kx_cpu(x, scratch(np, "cols", (n, h + 2, w, 3, c), x.dtype))
     out = np.empty((n, h, w, cout), dtype=x.dtype) if out is None else _checked(out, (n, h, w, cout))
     wk = np.ascontiguousarray(wk, dtype=x.dtype)
     step = max(1, BLOCK_BYTES // row_bytes(out))
 
     def band(lo, hi):  # output rows lo..hi-1 of every image
+        buf = scratch(np, "unfold_block", (n, step + 2, w, 3, c), x.dtype)
         for a0 in range(lo, hi, step):
             a1 = min(a0 + step, hi)
+            # U's rows a0..a1+1 (padded rows: x's rows a0-1..a1)
+            u = unfold_kx_rows(x, buf[:, :a1 - a0 + 2], a0, a1 + 2)
             for k in range(n):
-                rows, y = u[k].reshape((h + 2) * w, 3 * c), out[k].reshape(h * w, cout)
-                for ky in range(3):  # y (H*W, Cout) += U[ky*W : ky*W + H*W] (H*W, 3*C) @ wk[ky]
-                    blas.gemm(rows[(a0 + ky) * w:(a1 + ky) * w], wk[ky], y[a0 * w:a1 * w],
+                rows, y = u[k].reshape(-1, 3 * c), out[k].reshape(h * w, cout)
+                for ky in range(3):  # y[a0..a1) += U[a0+ky .. a1+ky) (rows*W, 3*C) @ wk[ky]
+                    blas.gemm(rows[ky * w:(ky + a1 - a0) * w], wk[ky], y[a0 * w:a1 * w],
                               beta=0.0 if ky == 0 else 1.0)
             if epilogue is not None:
                 epilogue(out, a0, a1)
