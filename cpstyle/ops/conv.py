@@ -325,8 +325,6 @@ def col2im_cpu(cols, nhw, out=None, block_bytes=None, epilogue=None):
 
 
 # ---- GPU path: kernels/conv.cu + the backend's matmul -------------------------
-import numpy as np  # noqa: E402
-
 from .. import cuda  # noqa: E402
 from ..backend import is_gpu_array  # noqa: E402
 

@@ -55,8 +55,6 @@ def gram_backward_cpu(dg, cache, out=None):
 
 
 # ---- GPU path: the backend's matmul (no kernel of our own) ------------------
-import numpy as np  # noqa: E402
-
 from .. import cuda  # noqa: E402
 from ..backend import is_gpu_array  # noqa: E402
 
