@@ -29,8 +29,8 @@ to a cosine similarity > 0.999; otherwise that size is not timed and the exit
 status is 1. Then a warm-up of each, and N interleaved rounds (cpstyle, torch,
 cpstyle, torch, ...); the median of each is printed as
 
-    cpu objective | 256x256 | cpstyle 0.635 s | torch 0.590 s | ratio 1.08 | ...
-        ... | per process pair 1.08 1.09 1.08
+    cpu objective | 256x256 | cpstyle 0.531 s | torch 0.550 s | ratio 0.97 | ...
+        ... | per process pair 0.95 0.96 0.96 0.97 0.99
 """
 import argparse
 import os
