@@ -79,3 +79,33 @@ def test_switched_off_by_the_environment():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "CPSTYLE_BLAS": "numpy"}).stdout
     assert out.strip() == "False"
+
+
+def test_single_threaded_blocks_may_overlap_across_threads():
+    """Two evaluations in two threads, the first in leaving first: the count
+    stays 1 while the other is still inside, and comes back to what it was
+    when both are out."""
+    import threading
+    threads = blas._library()[1]
+    if threads is None:
+        pytest.skip("this OpenBLAS has no thread-count functions")
+    get, _ = threads
+    before = get()
+    a_in, main_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with blas.single_threaded():
+            a_in.set()
+            main_in.wait(10)
+        a_out.set()
+
+    t = threading.Thread(target=a)
+    t.start()
+    a_in.wait(10)
+    with blas.single_threaded():
+        main_in.set()
+        a_out.wait(10)
+        inside = get()
+    t.join(10)
+    assert inside == 1
+    assert get() == before

@@ -80,3 +80,33 @@ def test_objective_results_survive_the_next_evaluation(rng):
     np.testing.assert_array_equal(g1b, kept)
     assert l1b == l1
     assert obj.workspace.nbytes() > 0  # the arrays are kept
+
+
+def test_in_row_chunks_in_a_forked_child():
+    """A child forked after the pool started has the pool object but not its
+    threads: it must make its own, not wait forever on the parent's."""
+    import multiprocessing as mp
+    import os
+
+    from cpstyle.ops.parallel import in_row_chunks, workers
+    if workers() == 1 or "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs two cores and fork")
+    seen = np.zeros(40, int)
+    in_row_chunks(lambda lo, hi: seen.__setitem__(slice(lo, hi), 1), 40, np)  # parent's pool
+    pid = os.fork()
+    if pid == 0:  # child: the exit code says whether every row was done
+        done = np.zeros(40, int)
+        in_row_chunks(lambda lo, hi: done.__setitem__(slice(lo, hi), 1), 40, np)
+        os._exit(0 if done.all() else 1)
+    deadline = __import__("time").monotonic() + 30
+    while True:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            break
+        if __import__("time").monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in in_row_chunks")
+        __import__("time").sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert seen.all()

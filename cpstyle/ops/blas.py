@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import threading
 
 import numpy as np
 
@@ -30,7 +31,9 @@ def _loaded_openblas():
             paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
     except OSError:
         return []
-    return sorted(p for p in paths if p.startswith("/"))
+    # NumPy's own copy first (a wheel's numpy.libs/), should SciPy or PyTorch
+    # have loaded another
+    return sorted((p for p in paths if p.startswith("/")), key=lambda p: ("numpy" not in p, p))
 
 
 def _bind(fn, real):
@@ -93,24 +96,38 @@ def available(dtype=np.float32):
     return np.dtype(dtype) in _functions()
 
 
+_count_lock = threading.Lock()
+_inside = 0       # single_threaded blocks open now, in any thread
+_restore = None   # the thread count to put back when the last one closes
+
+
 @contextlib.contextmanager
 def single_threaded():
     """OpenBLAS on one thread inside the block, for GEMMs that our own threads
     split (in_rows). OpenBLAS's count is process-wide (its
     openblas_set_num_threads_local is not thread-local in NumPy's build: a
     pool thread's call slowed the main thread's GEMMs 2x), so it is set here,
-    on the calling thread, before the pool starts, and restored after."""
+    on the calling thread, before the pool starts. Blocks may overlap (two
+    objectives evaluated in two threads): the first in sets 1, the last out
+    restores the count the first found."""
+    global _inside, _restore
     threads = _library()[1]
     if threads is None:
         yield
         return
     get, set_ = threads
-    before = get()
-    set_(1)
+    with _count_lock:
+        if _inside == 0:
+            _restore = get()
+            set_(1)
+        _inside += 1
     try:
         yield
     finally:
-        set_(before)
+        with _count_lock:
+            _inside -= 1
+            if _inside == 0:
+                set_(_restore)
 
 
 def in_rows(fn, rows):

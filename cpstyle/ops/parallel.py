@@ -17,6 +17,7 @@ BLOCK_BYTES = 1 << 20  # one core's L2 on the machines we measure (AMD EPYC: 1 M
 
 _scratch = threading.local()
 _pool = None
+_pool_pid = None  # a forked child has the pool object but none of its threads
 
 
 def scratch(xp, name, shape, dtype):
@@ -42,13 +43,14 @@ def in_row_chunks(fn, rows, xp):
     copies and ufuncs, so the memory-bound steps around the GEMMs (which BLAS
     already spreads over the cores) use every core too: im2col takes half the
     time on 2 cores. CuPy: one call."""
-    global _pool
+    global _pool, _pool_pid
     k = workers()
     if xp is not np or k == 1 or rows < 2 * k:
         fn(0, rows)
         return
-    if _pool is None:
+    if _pool is None or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="cpstyle")
+        _pool_pid = os.getpid()
     cuts = [rows * i // k for i in range(k + 1)]
     # the calling thread takes the first chunk itself: one hand-off fewer
     futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(cuts[1:], cuts[2:])]
