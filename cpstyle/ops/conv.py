@@ -47,9 +47,10 @@ from .parallel import BLOCK_BYTES, in_row_blocks, in_row_chunks, scratch
 
 # The NumPy backend's third form (module docstring): on when NumPy's OpenBLAS
 # takes a beta (ops/blas.py), the product has at least ROWS_MIN_COLUMNS output
-# channels (conv1_1's backward to 3 channels took 22 ms against 8 by col2im at
-# 256x256) and the image at least ROWS_MIN_PIXELS (at 16x16 the one GEMM is
-# 1.7 ms faster per conv). Tests switch it off to run the one-GEMM forms.
+# channels (with conv1_1's backward to 3 channels in it too, a 256x256 iteration
+# took 0.537 s against 0.527) and the image at least ROWS_MIN_PIXELS (at 16x16
+# the two forms are level: 0.522 s against 0.520 with the limit at 1). Tests
+# switch it off to run the one-GEMM forms.
 ROWS_FORM = True
 ROWS_MIN_COLUMNS = 16
 ROWS_MIN_PIXELS = 1024
