@@ -11,8 +11,9 @@ not PyTorch (oneDNN/MKL). The first line prints the BLAS core in use when
 threadpoolctl is importable, and those variables if they are set.
 
 Objective: content [4], style all 13 layers, weights 1.5 / 10 / 0.3 (the tutorial's
-example). One iteration = `losses, grad = objective(mixed)`: the forward to
-conv5_3, the three losses, the normalised gradient by one backward.
+example; --layers gatys: content conv4_2, style conv1_1 ... conv5_1). One
+iteration = `losses, grad = objective(mixed)`: the forward to the deepest layer
+used, the three losses, the normalised gradient by one backward.
 
 Each side runs in its own worker process (this module with --worker), driven in
 turns over a pipe: in one process the two disturbed each other (NumPy's buffers
@@ -42,9 +43,8 @@ import time
 
 import numpy as np
 
-from bench.run import blas_info, cpu_name, iteration_flops, make_images
+from bench.run import LAYER_SETS, blas_info, cpu_name, iteration_flops, make_images
 
-CONTENT_IDS, STYLE_IDS = [4], list(range(13))
 WEIGHTS = dict(weight_content=1.5, weight_style=10.0, weight_denoise=0.3)
 LOSS_RTOL, MIN_COS = 1e-3, 0.999
 
@@ -60,21 +60,23 @@ def compare(r1, r2):
     return ok, f"losses max rel err {rel:.1e} (<= {LOSS_RTOL}) | grad cosine {cos:.7f} (> {MIN_COS})"
 
 
-def make_objective(side, n, images):
-    """-> (objective, x, what images) for side "cpstyle" or "torch" at n x n."""
+def make_objective(side, n, images, layers="tutorial"):
+    """-> (objective, x, what images) for side "cpstyle" or "torch" at n x n,
+    with the layer set `layers` (bench.run.LAYER_SETS)."""
+    content_ids, style_ids = LAYER_SETS[layers]
     content, style, used = make_images((n, n), (n, n), images)
     from bench.torch_reference import initial_image
     x = initial_image(content.shape, 0)
     if side == "cpstyle":
         import cpstyle
         model = cpstyle.VGG16.load(device="cpu")
-        return cpstyle.StyleObjective(content, style, content_layer_ids=CONTENT_IDS,
-                                      style_layer_ids=STYLE_IDS, model=model, **WEIGHTS), x, used
+        return cpstyle.StyleObjective(content, style, content_layer_ids=content_ids,
+                                      style_layer_ids=style_ids, model=model, **WEIGHTS), x, used
     import torch
     from bench.torch_reference import TorchObjective, TorchVGG16, load_weights
     torch.set_num_threads(os.cpu_count())
     tmodel = TorchVGG16(load_weights(), "cpu")
-    return TorchObjective(content, style, CONTENT_IDS, STYLE_IDS, model=tmodel, **WEIGHTS), x, used
+    return TorchObjective(content, style, content_ids, style_ids, model=tmodel, **WEIGHTS), x, used
 
 
 def timed(obj, x):
@@ -83,11 +85,11 @@ def timed(obj, x):
     return time.perf_counter() - t0
 
 
-def worker(side, n, images):
+def worker(side, n, images, layers):
     """--worker: build one side, then answer the driver's lines on stdin:
     "result PATH" (one evaluation, losses and gradient saved to PATH, .npz),
     "time" (one timed evaluation, seconds), "quit". Replies are one line."""
-    obj, x, used = make_objective(side, n, images)
+    obj, x, used = make_objective(side, n, images, layers)
     print(f"ready {used}", flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -105,11 +107,11 @@ def worker(side, n, images):
 class Worker:
     """One side in its own process (python -m bench.bench_cpu --worker SIDE)."""
 
-    def __init__(self, side, n, images):
+    def __init__(self, side, n, images, layers):
         self.side = side
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_cpu", "--worker", side, "--sizes", str(n),
-             "--images", images], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+             "--images", images, "--layers", layers], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.used = self.reply().split()[1]
 
@@ -137,17 +139,17 @@ class Worker:
         self.proc.wait()
 
 
-def measure(n, repeats, images, same_process):
+def measure(n, repeats, images, same_process, layers="tutorial"):
     """One pair of sides (a process each, or both here): check, then `repeats`
     interleaved rounds -> (ok, check text, images used, cpstyle times, torch times)."""
     if same_process:
-        (c_obj, x, used), (t_obj, _, _) = (make_objective(s, n, images)
+        (c_obj, x, used), (t_obj, _, _) = (make_objective(s, n, images, layers)
                                            for s in ("cpstyle", "torch"))
         ok, text = compare(c_obj(x), t_obj(x))  # also the warm-up of both
         runs = {"c": lambda: timed(c_obj, x), "t": lambda: timed(t_obj, x)}
         stop = lambda: None  # noqa: E731
     else:
-        c, t = Worker("cpstyle", n, images), Worker("torch", n, images)
+        c, t = Worker("cpstyle", n, images, layers), Worker("torch", n, images, layers)
         used = c.used
         with tempfile.TemporaryDirectory() as tmp:
             ok, text = compare(c.result(os.path.join(tmp, "c.npz")),
@@ -172,6 +174,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per size (median)")
     p.add_argument("--quick", action="store_true", help="64 px, 1 repeat")
     p.add_argument("--images", choices=["auto", "bundled", "random"], default="auto")
+    p.add_argument("--layers", choices=sorted(LAYER_SETS), default="tutorial",
+                   help="tutorial: content [4], style all 13 (the target's); gatys: content "
+                        "conv4_2, style conv1_1 ... conv5_1")
     p.add_argument("--same-process", action="store_true",
                    help="time both sides in this process, not in two workers")
     p.add_argument("--processes", type=int, default=3,
@@ -184,7 +189,7 @@ def main(argv=None):
     if repeats < 1 or pairs < 1 or not sizes or min(sizes) < 16:
         p.error("--repeats and --processes must be >= 1 and sizes >= 16 px")
     if opts.worker:
-        return worker(opts.worker, sizes[0], opts.images)
+        return worker(opts.worker, sizes[0], opts.images, opts.layers)
 
     try:
         import torch
@@ -213,7 +218,7 @@ def main(argv=None):
     for n in sizes:
         cp_t, t_t, per_pair = [], [], []
         for _ in range(pairs):
-            ok, text, used, c, t = measure(n, repeats, opts.images, opts.same_process)
+            ok, text, used, c, t = measure(n, repeats, opts.images, opts.same_process, opts.layers)
             verdict = "ok" if ok else "FAILED: not timed"
             print(f"check | {n}x{n} | {used} images | {text} | {verdict}", flush=True)
             if not ok:
@@ -225,11 +230,12 @@ def main(argv=None):
             failed = True
             continue
         a, b = statistics.median(cp_t), statistics.median(t_t)
-        gflop = iteration_flops(n, n) / 1e9
+        gflop = iteration_flops(n, n, max(max(ids) for ids in LAYER_SETS[opts.layers]) + 1) / 1e9
         spread = ""
         if pairs > 1:
             spread = " | per process pair " + " ".join(f"{r:.2f}" for r in per_pair)
-        print(f"cpu objective | {n}x{n} | cpstyle {a:.3f} s | torch {b:.3f} s | ratio {a / b:.2f} "
+        name = "" if opts.layers == "tutorial" else f" {opts.layers}"
+        print(f"cpu objective{name} | {n}x{n} | cpstyle {a:.3f} s | torch {b:.3f} s | ratio {a / b:.2f} "
               f"| {gflop / a:.1f} / {gflop / b:.1f} GFLOP/s{spread}", flush=True)
     return 1 if failed else 0
 

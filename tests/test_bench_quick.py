@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,18 +24,19 @@ def test_bench_quick_runs_and_reports(tmp_path):
         assert case["cpstyle"]["ms_per_iteration"] > 0
 
 
-def test_bench_cpu_quick_checks_and_times_in_two_workers():
+@pytest.mark.parametrize("layers", ["tutorial", "gatys"])
+def test_bench_cpu_quick_checks_and_times_in_two_workers(layers):
     """bench_cpu (the CPU target's benchmark) needs PyTorch, which the test extra
     leaves out (CI skips this); where it is installed, the worker protocol runs."""
-    import pytest
     pytest.importorskip("torch")
-    r = subprocess.run([sys.executable, "-m", "bench.bench_cpu", "--quick"],
+    r = subprocess.run([sys.executable, "-m", "bench.bench_cpu", "--quick", "--layers", layers],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stdout.splitlines()
     assert "a worker process per side" in lines[0]
     assert any(l.startswith("check | 64x64 |") and l.endswith("| ok") for l in lines)
-    timing = [l for l in lines if l.startswith("cpu objective | 64x64 |")]
+    name = "cpu objective" + ("" if layers == "tutorial" else " gatys")
+    timing = [l for l in lines if l.startswith(f"{name} | 64x64 |")]
     assert len(timing) == 1 and "ratio" in timing[0]
 
 
