@@ -117,11 +117,11 @@ def test_rows_form_matches_one_gemm_on_vgg_sizes(dtype, block_bytes, rng, monkey
     """At the sizes the model uses it (uses_rows_form's defaults), the
     row-shifted form gives the one-GEMM result to rounding, forward and back,
     across the split over threads and the blocks within."""
-    from cpstyle.ops import blas, conv
+    from cpstyle.ops import blas, conv, parallel
     if not blas.available(dtype):
         pytest.skip("NumPy's BLAS is not reachable here (ops/blas.py)")
     if block_bytes is not None:
-        monkeypatch.setattr(conv, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(parallel, "BLOCK_BYTES", block_bytes)
     x = rng.standard_normal((1, 64, 32, 16)).astype(dtype)
     w = (rng.standard_normal((3, 3, 16, 32)) * 0.1).astype(dtype)
     b = rng.standard_normal(32).astype(dtype)

@@ -41,9 +41,10 @@ process): conv1_2 forward 29 ms against 44, the 26 conv passes 443 ms against
 Kernels: kernels/conv.cu (the GPU path uses im2col). Tests: tests/test_conv.py."""
 import numpy as np
 
+from .. import cuda
 from ..backend import get_array_module
 from . import blas
-from .parallel import BLOCK_BYTES, in_row_blocks, in_row_chunks, scratch
+from .parallel import in_row_blocks, in_row_chunks, scratch
 
 # The NumPy backend's third form (module docstring): on when NumPy's OpenBLAS
 # takes a beta (ops/blas.py), the product has at least ROWS_MIN_COLUMNS output
@@ -126,7 +127,7 @@ def conv_forward_cpu(x, w, b, wflip=None, out=None, wmat=None):
     n, h, wd, cin = x.shape
     cout = w.shape[3]
     if out is not None:
-        _checked(out, (n, h, wd, cout))
+        cuda.out_array(xp, out, (n, h, wd, cout), x.dtype, what="conv: out")
 
     def bias_relu(v):  # two passes over a cache-sized block
         v += b
@@ -198,7 +199,7 @@ def conv_input_grad_cpu(dz, w, wflip=None, epilogue=None, out=None, wmat=None):
     n, h, wd, cout = dz.shape
     cin = w.shape[2]
     if out is not None:
-        _checked(out, (n, h, wd, cin))
+        cuda.out_array(xp, out, (n, h, wd, cin), dz.dtype, what="conv: out")
     if xp is np and uses_rows_form(cin, h * wd, dz.dtype):
         wflip = flip_kernel(w) if wflip is None else wflip
         return conv_rows_cpu(dz, wflip.reshape(3, 3 * cout, cin), out=out, epilogue=epilogue)
@@ -248,43 +249,33 @@ def conv_rows_cpu(x, wk, out=None, epilogue=None):
     Cout) = conv3x3(x, W). epilogue(out, lo, hi) then runs on cache-sized blocks
     of rows (bias + ReLU, or the next layer's ReLU mask). Needs blas.available.
 
-    Each thread takes a band of output rows (blas.in_rows) and works through
-    it in blocks of about BLOCK_BYTES of output: it unfolds the block's rows of
-    x (two more than the block) into a buffer of its own, runs the three GEMMs
-    on one BLAS thread, then the epilogue, so U never goes to memory and the
-    block stays in cache from one step to the next. 256x256 conv1_2 forward,
+    Each thread takes a band of output rows and works through it in blocks of
+    about parallel.BLOCK_BYTES of output (in_row_blocks, with OpenBLAS on one
+    thread: blas.single_threaded): it unfolds the block's rows of x (two more
+    than the block) into a buffer of its own, runs the three GEMMs, then the
+    epilogue, so U never goes to memory and the block stays in cache from one
+    step to the next. 256x256 conv1_2 forward,
     2-core VM: 29 ms, against 36 with U unfolded whole first, 40 with whole
     bands and 43 with OpenBLAS's threads over the whole image."""
     n, h, w, c = x.shape
     cout = wk.shape[2]
-    out = np.empty((n, h, w, cout), dtype=x.dtype) if out is None else _checked(out, (n, h, w, cout))
+    out = cuda.out_array(np, out, (n, h, w, cout), x.dtype, what="conv: out")
     wk = np.ascontiguousarray(wk, dtype=x.dtype)
-    step = max(1, BLOCK_BYTES // row_bytes(out))
 
-    def band(lo, hi):  # output rows lo..hi-1 of every image
-        buf = scratch(np, "unfold_block", (n, step + 2, w, 3, c), x.dtype)
-        for a0 in range(lo, hi, step):
-            a1 = min(a0 + step, hi)
-            # U's rows a0..a1+1 (padded rows: x's rows a0-1..a1)
-            u = unfold_kx_rows(x, buf[:, :a1 - a0 + 2], a0, a1 + 2)
-            for k in range(n):
-                rows, y = u[k].reshape(-1, 3 * c), out[k].reshape(h * w, cout)
-                for ky in range(3):  # y[a0..a1) += U[a0+ky .. a1+ky) (rows*W, 3*C) @ wk[ky]
-                    blas.gemm(rows[ky * w:(ky + a1 - a0) * w], wk[ky], y[a0 * w:a1 * w],
-                              beta=0.0 if ky == 0 else 1.0)
-            if epilogue is not None:
-                epilogue(out, a0, a1)
+    def block(a0, a1):  # output rows a0..a1-1 of every image
+        # U's rows a0..a1+1 (padded rows: x's rows a0-1..a1), in this thread's buffer
+        u = unfold_kx_rows(x, scratch(np, "unfold_block", (n, a1 - a0 + 2, w, 3, c), x.dtype),
+                           a0, a1 + 2)
+        for k in range(n):
+            rows, y = u[k].reshape(-1, 3 * c), out[k].reshape(h * w, cout)
+            for ky in range(3):  # y[a0..a1) += U[a0+ky .. a1+ky) (rows*W, 3*C) @ wk[ky]
+                blas.gemm(rows[ky * w:(ky + a1 - a0) * w], wk[ky], y[a0 * w:a1 * w],
+                          beta=0.0 if ky == 0 else 1.0)
+        if epilogue is not None:
+            epilogue(out, a0, a1)
 
-    blas.in_rows(band, h)
-    return out
-
-
-def _checked(out, shape):
-    """`out` if it is a C-contiguous array of `shape`: the ops write it through
-    reshaped views, which of a strided array would be copies."""
-    if tuple(out.shape) != tuple(shape) or not out.flags.c_contiguous:
-        raise ValueError(f"conv: out must be a C-contiguous {tuple(shape)} array, "
-                         f"got {tuple(out.shape)}")
+    with blas.single_threaded():
+        in_row_blocks(block, h, row_bytes(out), np)
     return out
 
 
@@ -326,7 +317,6 @@ def col2im_cpu(cols, nhw, out=None, block_bytes=None, epilogue=None):
 
 
 # ---- GPU path: kernels/conv.cu + the backend's matmul -------------------------
-from .. import cuda  # noqa: E402
 from ..backend import is_gpu_array  # noqa: E402
 
 
