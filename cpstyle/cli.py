@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import weights
+from . import presets, weights
 from .colors import PRESERVE_COLORS
 from .driver import (DEFAULT_MIN_SIZE, INITS, Interrupted, check_arguments, scale_sizes,
                      style_transfer)
@@ -252,6 +252,54 @@ def callback_schedule(progress, save_every, trace=False):
     return math.gcd(*steps) if steps else None
 
 
+# ---------------------------------------------------------------- presets
+
+CLI_PRESET = "quality"  # `run`'s and `demo`'s default (the API's is the tutorial)
+
+# style_transfer keyword -> `run` option (its attribute), for the options a preset sets
+PRESET_OPTIONS = {
+    "content_layer_ids": "content_layers", "style_layer_ids": "style_layers",
+    "content_layer_weights": "content_layer_weights",
+    "style_layer_weights": "style_layer_weights",
+    "weight_content": "content_weight", "weight_style": "style_weight",
+    "weight_denoise": "denoise_weight", "num_iterations": "iterations",
+    "step_size": "step_size", "gram_norm": "gram_norm", "init": "init",
+    "init_noise": "init_noise", "optimizer": "optimizer", "style_scale": "style_scale",
+    "learning_rate": "learning_rate", "lbfgs_history": "lbfgs_history",
+    "constant_weights": "constant_weights", "pooling": "pooling",
+    "multiscale": "multiscale", "min_size": "min_size",
+    "iterations_per_scale": "iterations_per_scale",
+}
+
+
+def _cli_value(key, value):
+    """A preset's value as the option's parsed form."""
+    if key.endswith("_ids") or key.endswith("_layer_weights"):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if key == "init" and value is None:
+        return "noise"
+    return value
+
+
+def apply_preset(args):
+    """Fill every preset option the command line left unset (None) from
+    --preset; what the user gave wins, and a given option drops the preset's
+    values that only fit the preset's own choice (presets.COUPLED; --style-size
+    drops the preset's --style-scale)."""
+    name = presets.check_preset(_opt(args, "preset") or CLI_PRESET)
+    given = {key for key, attr in PRESET_OPTIONS.items() if _opt(args, attr) is not None}
+    dropped = {d for key in given for d in presets.COUPLED.get(key, ())}
+    if _opt(args, "style_size") is not None:
+        dropped.add("style_scale")
+    for key, value in presets.PRESETS[name].items():
+        attr = PRESET_OPTIONS[key]
+        if key not in given and key not in dropped:
+            setattr(args, attr, _cli_value(key, value))
+    args.preset = name
+    args.style_strength = presets.check_style_strength(_opt(args, "style_strength", 1.0))
+    return name
+
+
 # ---------------------------------------------------------------- run / demo
 
 def stylise(content, style, out, *, iterations, device, save_every, sheet, quiet,
@@ -314,7 +362,7 @@ def _opt(args, name, default=None):
 
 def check_run_options(args):
     """Combinations of options that make no sense: ValueError naming them."""
-    opt = _opt(args, "optimizer", "gd")
+    opt = _opt(args, "optimizer") or "gd"
     if _opt(args, "learning_rate") is not None and opt != "adam":
         raise ValueError(f"--learning-rate is Adam's step size; with --optimizer {opt} "
                          f"use --step-size")
@@ -323,7 +371,7 @@ def check_run_options(args):
                          "Adam takes --learning-rate")
     if _opt(args, "lbfgs_history") is not None and opt != "lbfgs":
         raise ValueError("--lbfgs-history is for --optimizer lbfgs")
-    if not _opt(args, "multiscale", False):
+    if not _opt(args, "multiscale"):
         for name, flag in (("iterations_per_scale", "--iterations-per-scale"),
                            ("min_size", "--min-size")):
             if _opt(args, name) is not None:
@@ -338,6 +386,7 @@ def check_run_options(args):
 
 def cmd_run(args):
     styles_in = args.style if isinstance(args.style, list) else [args.style]
+    apply_preset(args)
     check_run_options(args)
     layer_w = {}
     for kind in ("content", "style"):
@@ -384,7 +433,7 @@ def cmd_run(args):
         style_max = args.style_size if args.style_size is not None else STYLE_SIZE
     styles = [load_input(p, style_max, "style image") for p in styles_in]
     init = init_arg if init_arg in INITS else load_input(init_arg, None, "initial image")
-    multiscale = _opt(args, "multiscale", False)
+    multiscale = bool(_opt(args, "multiscale"))
     min_size = _opt(args, "min_size")
     num_scales = 1
     if multiscale:
@@ -392,19 +441,20 @@ def cmd_run(args):
     iterations = args.iterations
     if multiscale and _opt(args, "iterations_per_scale") is not None:
         iterations = args.iterations_per_scale
-    opt = _opt(args, "optimizer", "gd")
+    opt = _opt(args, "optimizer") or "gd"
     options = dict(
         content_layer_ids=content_layers, style_layer_ids=style_layers,
-        weight_content=args.content_weight, weight_style=args.style_weight,
+        weight_content=args.content_weight,
+        weight_style=args.style_weight * args.style_strength,  # presets.settings' rule
         weight_denoise=args.denoise_weight,
         step_size=args.step_size if args.step_size is not None else STEP_SIZE,
         seed=args.seed, gram_norm=args.gram_norm, init=init,
         init_noise=_opt(args, "init_noise") or 0.0,
         content_layer_weights=content_lw, style_layer_weights=style_lw,
         style_blend_weights=blend, style_scale=style_scale,
-        constant_weights=_opt(args, "constant_weights", False), optimizer=opt,
+        constant_weights=bool(_opt(args, "constant_weights")), optimizer=opt,
         learning_rate=_opt(args, "learning_rate"), lbfgs_history=_opt(args, "lbfgs_history"),
-        pooling=_opt(args, "pooling", "max"),
+        pooling=_opt(args, "pooling") or "max",
         preserve_colors=_opt(args, "preserve_colors", "none"), multiscale=multiscale,
         min_size=min_size if multiscale else None,
         iterations_per_scale=iterations if multiscale else None)
@@ -427,17 +477,22 @@ def cmd_demo(args):
     out = Path(args.output).expanduser()
     sheet = None if args.no_sheet else (
         args.sheet or out.with_name(f"{out.stem}_sheet{out.suffix}"))
+    preset = presets.check_preset(args.preset or CLI_PRESET)
+    iterations = args.iterations
+    if iterations is None and preset == "tutorial":
+        iterations = DEMO_ITERATIONS
     run = argparse.Namespace(
         content=str(content_path), style=str(style_path), output=str(out),
-        content_layers="4", style_layers=",".join(map(str, range(len(LAYER_NAMES)))),
-        content_weight=1.5, style_weight=10.0, denoise_weight=0.3,
-        iterations=args.iterations, step_size=10.0, seed=args.seed,
-        content_size=args.content_size or DEMO_CONTENT_SIZE[device],
-        style_size=STYLE_SIZE, device=device, gram_norm="none", save_every=None,
+        preset=preset, style_strength=args.style_strength, iterations=iterations,
+        seed=args.seed, content_size=args.content_size or DEMO_CONTENT_SIZE[device],
+        style_size=None, device=device, save_every=None,
         sheet=str(sheet) if sheet else None, quiet=args.quiet,
-        announce=(f"demo: {content_path.name} ({{content.shape[1]}}x{{content.shape[0]}}) "
-                  f"in the style of {style_path.name} ({{style.shape[1]}}x"
-                  f"{{style.shape[0]}}), {args.iterations} iterations on {{device}}"))
+        **{attr: None for attr in PRESET_OPTIONS.values() if attr != "iterations"})
+    apply_preset(run)
+    run.announce = (f"demo: {content_path.name} ({{content.shape[1]}}x{{content.shape[0]}}) "
+                    f"in the style of {style_path.name} ({{style.shape[1]}}x"
+                    f"{{style.shape[0]}}), preset {preset}, {run.iterations} iterations "
+                    f"on {{device}}")
     return cmd_run(run)
 
 
@@ -589,44 +644,45 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     r = sub.add_parser("run", help="stylise CONTENT with STYLE into OUT",
-                       description="Stylise CONTENT in the manner of STYLE (defaults: "
-                       "the tutorial's settings). Ctrl-C saves the last finished image "
-                       "to OUT and exits with 130. Weights are fetched on first use.",
+                       description="Stylise CONTENT in the manner of STYLE. --preset "
+                       "sets every option below that you do not give; options you give "
+                       "override it. Ctrl-C saves the last finished image to OUT and "
+                       "exits with 130. Weights are fetched on first use.",
                        formatter_class=HelpFormatter)
     r.add_argument("content", metavar="CONTENT", help="content image file")
     r.add_argument("style", metavar="STYLE", nargs="+",
                    help="style image file; several are blended (--style-blend-weights)")
     r.add_argument("-o", "--output", metavar="OUT", required=True,
                    help=f"output image ({', '.join(s[1:] for s in SAVE_FORMATS)})")
-    r.add_argument("--content-layers", default="4", metavar="LIST",
+    _preset_options(r)
+    r.add_argument("--content-layers", default=None, metavar="LIST",
                    help="comma list of layer ids 0..12 or names (conv3_1)")
-    r.add_argument("--style-layers", metavar="LIST",
-                   default=",".join(map(str, range(len(LAYER_NAMES)))),
+    r.add_argument("--style-layers", metavar="LIST", default=None,
                    help="comma list of layer ids or names")
     r.add_argument("--content-layer-weights", metavar="LIST", default=None,
                    help="one weight >= 0 per --content-layers entry, in its order, "
-                        "normalised to sum 1 (default: all equal, the tutorial's mean)")
+                        "normalised to sum 1 (default: all equal, unless the preset's)")
     r.add_argument("--style-layer-weights", metavar="LIST", default=None,
                    help="the same for --style-layers")
-    r.add_argument("--content-weight", type=_number(False), default=1.5, metavar="W",
+    r.add_argument("--content-weight", type=_number(False), default=None, metavar="W",
                    help="weight of the content loss (>= 0)")
-    r.add_argument("--style-weight", type=_number(False), default=10.0, metavar="W",
+    r.add_argument("--style-weight", type=_number(False), default=None, metavar="W",
                    help="weight of the style loss (>= 0)")
-    r.add_argument("--denoise-weight", type=_number(False), default=0.3, metavar="W",
+    r.add_argument("--denoise-weight", type=_number(False), default=None, metavar="W",
                    help="weight of the total-variation loss (>= 0)")
-    r.add_argument("--iterations", type=_whole(0), default=120, metavar="N",
-                   help="optimisation steps (0 writes the initial noise image)")
+    r.add_argument("--iterations", type=_whole(0), default=None, metavar="N",
+                   help="optimisation steps (0 writes the initial image)")
     r.add_argument("--step-size", type=_number(True), default=None, metavar="S",
                    help=f"gd: step in pixel values per iteration, relative to std(gradient); "
                         f"lbfgs: its first step (default {STEP_SIZE:g})")
-    r.add_argument("--optimizer", choices=OPTIMIZERS, default="gd",
+    r.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                    help="gd: the tutorial's std-scaled descent; adam; lbfgs (no line "
                         "search, one evaluation per iteration)")
     r.add_argument("--learning-rate", type=_number(True), default=None, metavar="LR",
                    help=f"Adam's step in pixel values (default {DEFAULT_LEARNING_RATE:g})")
     r.add_argument("--lbfgs-history", type=_whole(1), default=None, metavar="N",
                    help=f"L-BFGS: pairs kept (default {DEFAULT_LBFGS_HISTORY})")
-    r.add_argument("--constant-weights", action="store_true",
+    r.add_argument("--constant-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="no reciprocal normalisation: gradient = w_c*dL_c + w_s*dL_s + "
                         "w_d*dL_d (the weights then carry the losses' scales)")
     r.add_argument("--content-size", type=_size, default=None, metavar="PX",
@@ -634,13 +690,13 @@ def build_parser():
                         "(default: keep the file's size)")
     r.add_argument("--style-size", type=_size, default=None, metavar="PX",
                    help=f"the same for the style image(s) (default {STYLE_SIZE}, the "
-                        f"tutorial's)")
+                        f"tutorial's, unless the preset sets --style-scale)")
     r.add_argument("--style-scale", type=_number(True), default=None, metavar="F",
                    help="resize each style image so its long side is F x the content's "
                         "(instead of --style-size)")
     r.add_argument("--style-blend-weights", metavar="LIST", default=None,
                    help="one weight >= 0 per STYLE, normalised to sum 1 (default: equal)")
-    r.add_argument("--init", default="noise", metavar="noise|content|style|blend|PATH",
+    r.add_argument("--init", default=None, metavar="noise|content|style|blend|PATH",
                    help="the start: the tutorial's noise (uniform+128, seeded), the "
                         "content, the style(s) resized to the content, their mean, or "
                         "an image file (resized to the content)")
@@ -648,13 +704,13 @@ def build_parser():
                    help="add uniform noise in [-A, A) to a non-noise --init (default 0)")
     r.add_argument("--seed", type=_whole(0), default=None, metavar="N",
                    help="seed of the initial noise (default: random)")
-    r.add_argument("--pooling", choices=("max", "avg"), default="max",
+    r.add_argument("--pooling", choices=("max", "avg"), default=None,
                    help="VGG-16's 2x2 pools: max (its own) or average")
     r.add_argument("--preserve-colors", choices=PRESERVE_COLORS, default="none",
                    help="after: keep the content's colours (YCbCr chroma) in the result; "
                         "before: transfer luminance only (the style's lightness matched "
                         "to the content's), then the content's colours")
-    r.add_argument("--multiscale", action="store_true",
+    r.add_argument("--multiscale", action=argparse.BooleanOptionalAction, default=None,
                    help="coarse to fine: from --min-size up to the content size in "
                         "sqrt(2) steps, each from the previous result upsampled")
     r.add_argument("--min-size", type=_size, default=None, metavar="PX",
@@ -667,7 +723,7 @@ def build_parser():
     r.add_argument("--plot", metavar="PATH", default=None,
                    help="draw the loss curves to an image (PNG etc.)")
     _device_option(r)
-    r.add_argument("--gram-norm", choices=("none", "hw"), default="none",
+    r.add_argument("--gram-norm", choices=("none", "hw"), default=None,
                    help="none: the tutorial's plain Gram matrix (its scale depends on "
                         "the image sizes); hw: divide it by height*width (better when "
                         "content and style sizes differ, with --multiscale and with "
@@ -707,16 +763,17 @@ def build_parser():
     n.set_defaults(func=cmd_info)
 
     d = sub.add_parser("demo", help="stylise the bundled Tuebingen photo as Starry Night",
-                       description="The tutorial's example on the bundled pair: content "
-                       "at most 256 px on the CPU (a few minutes: about 2-4 s per "
-                       "iteration on 2 cores) or 512 px on a GPU (seconds), style at "
-                       "most 300 px, content layer 4, all 13 style layers, 60 iterations. "
+                       description="The bundled pair with --preset (quality by default; "
+                       "tutorial: the tutorial's example, 60 iterations, style at most "
+                       "300 px): content at most 256 px on the CPU or 512 px on a GPU. "
                        "Writes OUT and a Content | Mixed | Style sheet beside it.",
                        formatter_class=HelpFormatter)
     d.add_argument("-o", "--output", metavar="OUT", default="cpstyle-demo.jpg",
                    help="output image")
-    d.add_argument("--iterations", type=_whole(0), default=DEMO_ITERATIONS, metavar="N",
-                   help="optimisation steps (the tutorial's example)")
+    _preset_options(d)
+    d.add_argument("--iterations", type=_whole(0), default=None, metavar="N",
+                   help=f"optimisation steps (default: the preset's; {DEMO_ITERATIONS} "
+                        f"with tutorial, the tutorial's example)")
     _device_option(d)
     d.add_argument("--content-size", type=_size, default=None, metavar="PX",
                    help="content long side (default: 256 on CPU, 512 on GPU)")
@@ -728,6 +785,26 @@ def build_parser():
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
     return p
+
+
+def _preset_options(p):
+    q = presets.PRESETS["quality"]
+    p.add_argument("--preset", choices=tuple(presets.PRESETS), default=None,
+                   help=f"quality (the default): {_describe(q)}; tutorial: the "
+                        f"Hvass-Labs tutorial's settings exactly. Options given "
+                        f"explicitly override the preset's values")
+    lo, hi = presets.STRENGTH_RANGE
+    p.add_argument("--style-strength", type=_number(True), default=1.0, metavar="S",
+                   help=f"multiplies the style weight: below 1 keeps more of the content, "
+                        f"above 1 takes more of the style ({lo:g}..{hi:g}; see the README)")
+
+
+def _describe(values):
+    """A preset's settings in a few words for --help."""
+    names = lambda ids: ",".join(LAYER_NAMES[i] for i in ids)
+    return (f"start from the content, {values['optimizer']}, "
+            f"{values['num_iterations']} iterations, content {names(values['content_layer_ids'])}, "
+            f"style {names(values['style_layer_ids'])}")
 
 
 def _device_option(p):

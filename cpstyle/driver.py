@@ -42,6 +42,7 @@ from .colors import (check_preserve_colors, luminance_image, match_luminance,
 from .images import resize_to, validate_image
 from .objective import GRAM_NORMS, StyleObjective, style_images
 from .optimizers import check_optimizer, make_optimizer
+from .presets import with_presets
 
 LOSS_NAMES = ("content", "style", "denoise")
 INITS = ("noise", "content", "style", "blend")
@@ -217,6 +218,7 @@ def check_arguments(content, style, content_layer_ids=(4,), style_layer_ids=tupl
                 init_noise, preserve_colors, style_scale, sizes, per_scale)
 
 
+@with_presets
 def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple(range(13)),
                    weight_content=1.5, weight_style=10.0, weight_denoise=0.3,
                    num_iterations=120, step_size=10.0, device="auto", seed=None,
@@ -229,7 +231,8 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
                    iterations_per_scale=None):
     """Returns the mixed image, float32 (H, W, 3) 0..255, numpy or cupy like
     `content`. Every argument is checked (check_arguments) before the weights
-    are loaded."""
+    are loaded. Keyword-only `preset` ("tutorial", the default, or "quality") and
+    `style_strength` (cpstyle/presets.py) fill in what the call does not give."""
     plan = check_arguments(
         content, style, content_layer_ids, style_layer_ids, weight_content, weight_style,
         weight_denoise, num_iterations, step_size, callback_every, gram_norm, init,

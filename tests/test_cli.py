@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import cpstyle
-from cpstyle import cli, weights
+from cpstyle import cli, presets, weights
 from cpstyle.driver import Progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,8 +163,10 @@ def test_header_claims_30000x30000(capsys, pics, tmp_path, no_model):
     ("--lbfgs-history", "0", ("--lbfgs-history", ">= 1")),
 ])
 def test_bad_option(capsys, pics, tmp_path, no_model, option, value, words):
-    # "--opt=value" so that argparse reads "-1" as a value, as a user would hope.
-    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, f"{option}={value}"))
+    # "--opt=value" so that argparse reads "-1" as a value, as a user would hope;
+    # the tutorial preset, whose values the messages name
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--preset", "tutorial",
+                                             f"{option}={value}"))
     assert_user_error(rc, out, err, *words)
     assert not (tmp_path / "out.png").exists()
 
@@ -471,13 +473,14 @@ def test_trace_and_plot_are_written(capsys, pics, tmp_path, fake):
     d = json.loads(trace.read_text())
     assert [r["iteration"] for r in d["records"]] == [0, 1, 2, 3, 4, 5]
     assert d["records"][0]["losses"] == {"content": 1.0, "style": 2.0, "denoise": 3.0}
-    assert d["settings"]["optimizer"] == "gd"
+    assert d["settings"]["optimizer"] == presets.PRESETS["quality"]["optimizer"]
     assert Image.open(plot).size[0] > 100
     assert "trace" in out and "plot" in out
 
 
-def test_defaults_are_the_tutorials(capsys, pics, tmp_path, fake):
-    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu"))[0] == 0
+def test_preset_tutorial_is_the_tutorials_settings(capsys, pics, tmp_path, fake):
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu",
+                                     "--preset", "tutorial"))[0] == 0
     kw = fake.kwargs
     assert kw["content_layer_ids"] == [4] and kw["style_layer_ids"] == list(range(13))
     assert (kw["weight_content"], kw["weight_style"], kw["weight_denoise"]) == (1.5, 10.0, 0.3)
@@ -489,11 +492,16 @@ def test_style_size_and_content_size(capsys, tmp_path, rng, fake):
     Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(c)
     Image.fromarray(rng.integers(0, 256, (400, 500, 3), dtype=np.uint8)).save(s)
     assert run_cli(capsys, "run", c, s, "-o", tmp_path / "o.png", "--quiet",
-                   "--device", "cpu")[0] == 0
+                   "--device", "cpu", "--preset", "tutorial")[0] == 0
     assert fake.content.shape == (60, 80, 3) and fake.style.shape == (240, 300, 3)
     assert run_cli(capsys, "run", c, s, "-o", tmp_path / "o.png", "--quiet", "--device",
                    "cpu", "--content-size", "40", "--style-size", "100")[0] == 0
     assert fake.content.shape == (30, 40, 3) and fake.style.shape == (80, 100, 3)
+    assert fake.kwargs["style_scale"] is None  # --style-size drops the preset's scale
+    assert run_cli(capsys, "run", c, s, "-o", tmp_path / "o.png", "--quiet",
+                   "--device", "cpu")[0] == 0  # quality: the style at the content's size
+    assert fake.kwargs["style_scale"] == presets.PRESETS["quality"]["style_scale"] == 1.0
+    assert fake.style.shape == (64, 80, 3)  # loaded no larger than the run needs
 
 
 def test_snapshots_progress_and_result_line(capsys, pics, tmp_path, fake):
@@ -562,7 +570,8 @@ def test_ctrl_c_before_the_run_exits_130(capsys, pics, tmp_path, monkeypatch):
 
 def test_demo_uses_bundled_pair_at_cpu_size(capsys, tmp_path, fake):
     out = tmp_path / "demo.jpg"
-    rc, stdout, err = run_cli(capsys, "demo", "-o", out, "--device", "cpu", "--quiet")
+    rc, stdout, err = run_cli(capsys, "demo", "-o", out, "--device", "cpu", "--quiet",
+                              "--preset", "tutorial")
     assert rc == 0, err
     assert max(fake.content.shape[:2]) == 256 and max(fake.style.shape[:2]) == 300
     kw = fake.kwargs
@@ -570,6 +579,68 @@ def test_demo_uses_bundled_pair_at_cpu_size(capsys, tmp_path, fake):
     assert kw["style_layer_ids"] == list(range(13))
     assert out.exists() and (tmp_path / "demo_sheet.jpg").exists()
     assert "tubingen.jpg" in err and "starry_night.jpg" in err
+
+
+def test_default_preset_is_quality(capsys, pics, tmp_path, fake):
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet"))[0] == 0
+    kw = fake.kwargs
+    for key, value in presets.PRESETS["quality"].items():
+        got = kw[key]
+        if key.endswith("_layer_weights"):
+            assert got == pytest.approx([v / sum(value) for v in value]), key
+        elif key.endswith("_ids"):
+            assert list(got) == list(value), key
+        else:
+            assert got == value, key
+
+
+def test_given_options_override_the_preset(capsys, pics, tmp_path, fake):
+    rc, out, err = run_cli(capsys, *run_args(
+        pics, tmp_path, "--device", "cpu", "--quiet", "--style-weight", "4",
+        "--style-layers", "0,2", "--iterations", "7", "--no-multiscale"))
+    assert rc == 0, err
+    kw = fake.kwargs
+    assert kw["weight_style"] == 4.0 and kw["num_iterations"] == 7
+    # the preset's layer weights fit its own layer list: dropped with --style-layers
+    assert kw["style_layer_ids"] == [0, 2] and kw["style_layer_weights"] is None
+    assert kw["multiscale"] is False and kw["min_size"] is None
+    q = presets.PRESETS["quality"]
+    assert (kw["init"], kw["optimizer"], kw["gram_norm"]) == \
+        (q["init"], q["optimizer"], q["gram_norm"])
+
+
+def test_style_strength_scales_the_style_weight(capsys, pics, tmp_path, fake):
+    for preset in ("quality", "tutorial"):
+        base = presets.PRESETS[preset]["weight_style"]
+        assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
+                                         "--preset", preset, "--style-strength", "2.5"))[0] == 0
+        assert fake.kwargs["weight_style"] == pytest.approx(2.5 * base)
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
+                                     "--style-weight", "3", "--style-strength", "0.5"))[0] == 0
+    assert fake.kwargs["weight_style"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--preset", "best"), ("--preset", "invalid choice", "best")),
+    (("--style-strength", "0"), ("--style-strength", "> 0")),
+    (("--style-strength", "11"), ("style_strength", "[0.1, 10]", "11")),
+    (("--style-strength", "x"), ("--style-strength", "number")),
+])
+def test_bad_preset_and_strength(capsys, pics, tmp_path, no_model, argv, words):
+    assert_user_error(*run_cli(capsys, *run_args(pics, tmp_path, *argv)), *words)
+    assert_user_error(*run_cli(capsys, "demo", "-o", tmp_path / "d.jpg", *argv), *words)
+
+
+def test_demo_default_is_the_quality_preset(capsys, tmp_path, fake):
+    out = tmp_path / "demo.jpg"
+    rc, stdout, err = run_cli(capsys, "demo", "-o", out, "--device", "cpu", "--quiet")
+    assert rc == 0, err
+    q = presets.PRESETS["quality"]
+    kw = fake.kwargs
+    assert kw["content_layer_ids"] == list(q["content_layer_ids"])
+    assert kw["optimizer"] == q["optimizer"] and kw["init"] == q["init"]
+    assert max(fake.content.shape[:2]) == 256
+    assert "preset quality" in err
 
 
 # ---------------------------------------------------------------- info, help

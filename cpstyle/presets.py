@@ -1,0 +1,95 @@
+"""Presets: named sets of `style_transfer` settings (DESIGN.md §10).
+
+    tutorial   the Hvass-Labs tutorial's algorithm and defaults, bit for bit: noise
+               start, content conv3_1, all 13 style layers, plain Gram, 120 std-scaled
+               gd steps, weights 1.5 / 10 / 0.3 (reciprocally normalised)
+    quality    chosen by measurement (bench/quality.py, bench/QUALITY.md): see
+               PRESETS["quality"] below for the values and the measured reason
+
+A preset fills in every setting the caller did not give; whatever the caller
+gives explicitly wins. `style_strength` (s > 0, default 1) multiplies the
+style weight: under the reciprocal normalisation the weights are exponents of
+the losses (Φ = Σ w·log L), so s moves along the content/style trade-off
+without the user learning the losses' scales. Tests: tests/test_presets.py."""
+import functools
+import inspect
+
+from .layers import check_number
+
+PRESETS = {
+    "tutorial": dict(
+        content_layer_ids=(4,), style_layer_ids=tuple(range(13)),
+        weight_content=1.5, weight_style=10.0, weight_denoise=0.3,
+        num_iterations=120, step_size=10.0, gram_norm="none", init=None,
+        optimizer="gd", style_scale=None),
+    "quality": dict(
+        content_layer_ids=(8,), style_layer_ids=(0, 2, 4, 7, 10),
+        style_layer_weights=(256, 64, 16, 4, 1),
+        weight_content=1.5, weight_style=10.0, weight_denoise=0.3,
+        num_iterations=300, gram_norm="hw", init="content", optimizer="lbfgs",
+        style_scale=1.0),
+}
+DEFAULT_PRESET = "tutorial"  # style_transfer()'s; the CLI's is "quality"
+STRENGTH_RANGE = (0.1, 10.0)
+
+
+def check_preset(name):
+    if name is None:
+        return DEFAULT_PRESET
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: use one of {tuple(PRESETS)}")
+    return name
+
+
+def check_style_strength(s):
+    s = check_number(s, "style_strength", positive=True)
+    lo, hi = STRENGTH_RANGE
+    if not lo <= s <= hi:
+        raise ValueError(f"style_strength must be in [{lo:g}, {hi:g}], got {s:g}")
+    return s
+
+
+# A setting the caller gives makes the preset's values of these meaningless:
+# a preset's layer weights fit its own layer list, its multiscale schedule its
+# own multiscale, its optimiser settings its own optimiser.
+COUPLED = {
+    "content_layer_ids": ("content_layer_weights",),
+    "style_layer_ids": ("style_layer_weights",),
+    "multiscale": ("min_size", "iterations_per_scale"),
+    "optimizer": ("step_size", "learning_rate", "lbfgs_history"),
+}
+
+
+def settings(preset, given, style_strength=1.0):
+    """The preset's values under the explicitly `given` ones (a dict of
+    style_transfer keywords), the style weight times style_strength."""
+    out = dict(PRESETS[check_preset(preset)])
+    for key, dependents in COUPLED.items():
+        if key in given:
+            for d in dependents:
+                out.pop(d, None)
+    out.update(given)
+    s = check_style_strength(style_strength)
+    if s != 1.0:
+        out["weight_style"] = float(out.get("weight_style", 10.0)) * s
+    return out
+
+
+def with_presets(fn):
+    """Decorates style_transfer: `preset=` and `style_strength=` fill in the
+    settings that the call does not give (inspect's bind tells which it gives),
+    so the signature and its tutorial defaults stay as they are."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, preset=None, style_strength=1.0, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        given = dict(bound.arguments)
+        if preset is None and style_strength == 1.0:
+            return fn(**given)
+        return fn(**settings(preset, given, style_strength))
+
+    wrapper.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [
+        inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("style_strength", inspect.Parameter.KEYWORD_ONLY, default=1.0)])
+    return wrapper
