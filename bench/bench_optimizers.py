@@ -82,12 +82,13 @@ def timed_run(model, content, style, optimizer, budget, device):
     return last, img
 
 
-def sheet(rows, path, labels):
-    """rows: [[image, ...], ...] -> one PNG, each row at one height, captions on top."""
+def sheet(rows, path, labels, h=160, quality=95):
+    """rows: [[image, ...], ...] -> one picture (PNG or JPEG at `quality`), each row
+    at height h, captions on top."""
     from PIL import Image, ImageDraw, ImageFont
 
     from cpstyle.images import resize_to, save_image
-    h, gap, cap = 160, 8, 22  # small enough to commit (about 0.8 MB as PNG)
+    gap, cap = 8, 22  # h=160: small enough to commit (about 0.8 MB as PNG)
     tiles = [[resize_to(a, h, max(1, round(a.shape[1] * h / a.shape[0]))) for a in r] for r in rows]
     widths = [max(r[k].shape[1] for r in tiles) for k in range(len(labels))]
     W = sum(widths) + gap * (len(widths) + 1)
@@ -104,7 +105,7 @@ def sheet(rows, path, labels):
         for k, t in enumerate(r):
             canvas.paste(Image.fromarray(np.rint(t).clip(0, 255).astype(np.uint8)), (x, y))
             x += widths[k] + gap
-    return save_image(np.asarray(canvas, np.float32), path)
+    return save_image(np.asarray(canvas, np.float32), path, quality=quality)
 
 
 def optimizers_bench(opts, model, out_dir):

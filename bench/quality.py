@@ -89,6 +89,15 @@ def method_names(opts):
     return names
 
 
+def method_order(name):
+    """Sort key: the anchor by K, tutorial, quality, then the strengths by value."""
+    if name.startswith("classic-"):
+        return (0, float(name[8:]))
+    if name.startswith("quality-s"):
+        return (3, float(name[9:]))
+    return ({"tutorial": 1, "quality": 2}.get(name, 4), 0.0)
+
+
 def run_method(name, content, style, style_path, opts, model, torch_model):
     """-> (image, seconds, extra dict)."""
     import cpstyle
@@ -198,7 +207,7 @@ def write_sheet(results, names, sizes, work, path):
                 row.append(load_png(f) if f.exists() else np.full_like(content, 255.0))
             rows.append(row)
     labels = ["content", "style"] + names
-    return sheet(rows, path, labels) if rows else None
+    return sheet(rows, path, labels, h=128, quality=85) if rows else None  # < 1 MB to commit
 
 
 def load_png(path):
@@ -259,21 +268,31 @@ def main(argv=None):
     work = Path(opts.work_dir) if opts.work_dir else \
         Path(os.environ.get("TMPDIR", "/tmp")) / out_json.stem
     work.mkdir(parents=True, exist_ok=True)
-    results = json.loads(out_json.read_text())["results"] if opts.resume else []
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = {"benchmark": "quality", "device": opts.device, "machine": machine(opts.device),
            "commit": commit, "dirty": dirty, "sizes": opts.sizes,
            "pairs": [list(pr) for pr in pairs], "methods": names, "seed": SEED,
            "anchor_iterations": opts.anchor_iterations, "cpstyle_iterations": opts.iterations,
-           "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+           "started": started}
+    results, run_names, run_sizes = [], names, opts.sizes
+    if opts.resume:  # the earlier run's set-up, widened by this one's
+        old = json.loads(out_json.read_text())
+        results = old["results"]
+        doc = {**old, "resumed": old.get("resumed", []) + [
+            {"commit": commit, "dirty": dirty, "started": started, "methods": names}]}
+        names = sorted(set(old["methods"]) | set(names), key=method_order)
+        opts.sizes = sorted(set(old["sizes"]) | set(opts.sizes))
+        opts.strengths = sorted({float(n[9:]) for n in names if n.startswith("quality-s")})
+        doc.update(methods=names, sizes=opts.sizes)
     print(f"quality | {doc['machine']} | commit {commit[:8]}{' (dirty)' if dirty else ''} | "
           f"{len(pairs)} pairs x {opts.sizes} px x {len(names)} methods", flush=True)
 
     from cpstyle.images import save_image
-    for size in opts.sizes:
+    for size in run_sizes:
         for c, s in pairs:
             content, style, style_path = load_pair(c, s, size)
             scorer = Scorer(content, style, net)
-            for name in names:
+            for name in run_names:
                 if any(r["size"] == size and r["pair"] == c and r["method"] == name
                        for r in results):
                     continue

@@ -19,8 +19,9 @@ from .images import load_image, save_image  # noqa: E402
 from .vgg16 import VGG16  # noqa: E402
 from .objective import StyleObjective  # noqa: E402
 from .driver import Interrupted, Progress, style_transfer  # noqa: E402
+from . import presets  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["LAYER_NAMES", "load_image", "save_image", "VGG16", "StyleObjective",
-           "style_transfer", "Progress", "Interrupted", "__version__"]
+           "style_transfer", "Progress", "Interrupted", "presets", "__version__"]

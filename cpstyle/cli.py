@@ -296,8 +296,17 @@ def apply_preset(args):
         if key not in given and key not in dropped:
             setattr(args, attr, _cli_value(key, value))
     args.preset = name
-    args.style_strength = presets.check_style_strength(_opt(args, "style_strength", 1.0))
     return name
+
+
+def apply_strength(args):
+    """--style-strength S: the iterations (per scale with --multiscale) times S."""
+    s = _opt(args, "style_strength", 1.0)
+    init = _opt(args, "init") or "noise"
+    args.iterations = presets.strength_iterations(args.iterations, s, init)
+    if _opt(args, "iterations_per_scale") is not None:
+        args.iterations_per_scale = presets.strength_iterations(
+            args.iterations_per_scale, s, init)
 
 
 # ---------------------------------------------------------------- run / demo
@@ -387,6 +396,7 @@ def check_run_options(args):
 def cmd_run(args):
     styles_in = args.style if isinstance(args.style, list) else [args.style]
     apply_preset(args)
+    apply_strength(args)
     check_run_options(args)
     layer_w = {}
     for kind in ("content", "style"):
@@ -444,8 +454,7 @@ def cmd_run(args):
     opt = _opt(args, "optimizer") or "gd"
     options = dict(
         content_layer_ids=content_layers, style_layer_ids=style_layers,
-        weight_content=args.content_weight,
-        weight_style=args.style_weight * args.style_strength,  # presets.settings' rule
+        weight_content=args.content_weight, weight_style=args.style_weight,
         weight_denoise=args.denoise_weight,
         step_size=args.step_size if args.step_size is not None else STEP_SIZE,
         seed=args.seed, gram_norm=args.gram_norm, init=init,
@@ -464,7 +473,8 @@ def cmd_run(args):
                     **{k: v for k, v in options.items() if k != "seed"})
     announce = getattr(args, "announce", None)  # the demo says what it is doing
     if announce:
-        _say(announce.format(content=content, style=styles[0], device=device))
+        _say(announce.format(content=content, style=styles[0], device=device,
+                             iterations=iterations * num_scales))
     model = load_model(device)
     return stylise(content, style, out, iterations=iterations, device=device,
                    save_every=args.save_every, sheet=sheet, quiet=args.quiet,
@@ -487,12 +497,11 @@ def cmd_demo(args):
         seed=args.seed, content_size=args.content_size or DEMO_CONTENT_SIZE[device],
         style_size=None, device=device, save_every=None,
         sheet=str(sheet) if sheet else None, quiet=args.quiet,
+        announce=(f"demo: {content_path.name} ({{content.shape[1]}}x{{content.shape[0]}}) "
+                  f"in the style of {style_path.name} ({{style.shape[1]}}x"
+                  f"{{style.shape[0]}}), preset {preset}, {{iterations}} iterations "
+                  f"on {{device}}"),
         **{attr: None for attr in PRESET_OPTIONS.values() if attr != "iterations"})
-    apply_preset(run)
-    run.announce = (f"demo: {content_path.name} ({{content.shape[1]}}x{{content.shape[0]}}) "
-                    f"in the style of {style_path.name} ({{style.shape[1]}}x"
-                    f"{{style.shape[0]}}), preset {preset}, {run.iterations} iterations "
-                    f"on {{device}}")
     return cmd_run(run)
 
 
@@ -795,8 +804,10 @@ def _preset_options(p):
                         f"explicitly override the preset's values")
     lo, hi = presets.STRENGTH_RANGE
     p.add_argument("--style-strength", type=_number(True), default=1.0, metavar="S",
-                   help=f"multiplies the style weight: below 1 keeps more of the content, "
-                        f"above 1 takes more of the style ({lo:g}..{hi:g}; see the README)")
+                   help=f"how far a run from the content goes towards the style "
+                        f"({lo:g}..{hi:g}): the iterations times S, and the time with "
+                        f"them; below 1 keeps more of the content, above 1 takes more "
+                        f"of the style (needs --init content, as the quality preset has)")
 
 
 def _describe(values):

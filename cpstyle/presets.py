@@ -7,10 +7,18 @@
                PRESETS["quality"] below for the values and the measured reason
 
 A preset fills in every setting the caller did not give; whatever the caller
-gives explicitly wins. `style_strength` (s > 0, default 1) multiplies the
-style weight: under the reciprocal normalisation the weights are exponents of
-the losses (Φ = Σ w·log L), so s moves along the content/style trade-off
-without the user learning the losses' scales. Tests: tests/test_presets.py."""
+gives explicitly wins.
+
+`style_strength` S (STRENGTH_RANGE, default 1) is how far a run that starts from
+the content goes towards the style: it multiplies the iteration count (and
+iterations_per_scale), and the time with it. Measured (bench/QUALITY.md): along
+such a run LPIPS to the content rises and the style gap falls with every
+iteration, on every pair, while the style weight is no knob there: under the
+reciprocal normalisation (Φ = Σ w·log L) the content start is a trap
+(log L_c -> -inf), so w_s = 0.45 and 1.5 (S = 0.3, 0.5 as a weight factor) left
+the content almost untouched and w_s = 6 and 9 moved no further than w_s = 3
+in 150 iterations. A run from noise (the tutorial) has no such path: S needs
+init="content". Tests: tests/test_presets.py."""
 import functools
 import inspect
 
@@ -36,7 +44,7 @@ PRESETS = {
         style_scale=1.0),
 }
 DEFAULT_PRESET = "tutorial"  # style_transfer()'s; the CLI's is "quality"
-STRENGTH_RANGE = (0.1, 10.0)
+STRENGTH_RANGE = (0.2, 5.0)
 
 
 def check_preset(name):
@@ -66,18 +74,32 @@ COUPLED = {
 }
 
 
+def strength_iterations(n, style_strength, init):
+    """The iteration count for style_strength S: round(n·S), at least 1; S != 1
+    needs a run that starts from the content (ValueError otherwise)."""
+    s = check_style_strength(style_strength)
+    if s == 1.0 or not n:
+        return n
+    if not (isinstance(init, str) and init == "content"):
+        raise ValueError("style_strength moves a run that starts from the content "
+                         "(the quality preset, or init='content'); this run starts "
+                         f"from {init if isinstance(init, str) else 'an image'!r}")
+    return max(1, round(n * s))
+
+
 def settings(preset, given, style_strength=1.0):
     """The preset's values under the explicitly `given` ones (a dict of
-    style_transfer keywords), the style weight times style_strength."""
+    style_transfer keywords), the iterations scaled by style_strength."""
     out = dict(PRESETS[check_preset(preset)])
     for key, dependents in COUPLED.items():
         if key in given:
             for d in dependents:
                 out.pop(d, None)
     out.update(given)
-    s = check_style_strength(style_strength)
-    if s != 1.0:
-        out["weight_style"] = float(out.get("weight_style", 10.0)) * s
+    init = out.get("init") or "noise"
+    for key in ("num_iterations", "iterations_per_scale"):  # every preset has the first
+        if key in out:
+            out[key] = strength_iterations(out[key], style_strength, init)
     return out
 
 

@@ -609,21 +609,26 @@ def test_given_options_override_the_preset(capsys, pics, tmp_path, fake):
         (q["init"], q["optimizer"], q["gram_norm"])
 
 
-def test_style_strength_scales_the_style_weight(capsys, pics, tmp_path, fake):
-    for preset in ("quality", "tutorial"):
-        base = presets.PRESETS[preset]["weight_style"]
-        assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
-                                         "--preset", preset, "--style-strength", "2.5"))[0] == 0
-        assert fake.kwargs["weight_style"] == pytest.approx(2.5 * base)
+def test_style_strength_scales_the_iterations(capsys, pics, tmp_path, fake):
+    q = presets.PRESETS["quality"]
     assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
-                                     "--style-weight", "3", "--style-strength", "0.5"))[0] == 0
-    assert fake.kwargs["weight_style"] == pytest.approx(1.5)
+                                     "--style-strength", "2"))[0] == 0
+    assert fake.kwargs["num_iterations"] == 2 * q["num_iterations"]
+    assert fake.kwargs["weight_style"] == q["weight_style"]
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
+                                     "--iterations", "40", "--style-strength", "0.5"))[0] == 0
+    assert fake.kwargs["num_iterations"] == 20
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
+                                     "--multiscale", "--iterations-per-scale", "10",
+                                     "--style-strength", "3"))[0] == 0
+    assert fake.kwargs["iterations_per_scale"] == 30
 
 
 @pytest.mark.parametrize("argv, words", [
     (("--preset", "best"), ("--preset", "invalid choice", "best")),
     (("--style-strength", "0"), ("--style-strength", "> 0")),
-    (("--style-strength", "11"), ("style_strength", "[0.1, 10]", "11")),
+    (("--style-strength", "11"), ("style_strength", "[0.2, 5]", "11")),
+    (("--preset", "tutorial", "--style-strength", "2"), ("style_strength", "content")),
     (("--style-strength", "x"), ("--style-strength", "number")),
 ])
 def test_bad_preset_and_strength(capsys, pics, tmp_path, no_model, argv, words):

@@ -62,33 +62,35 @@ def test_a_given_layer_list_drops_the_presets_layer_weights():
     assert "step_size" not in s  # the tutorial's step belongs to its gd
 
 
-def test_style_strength_multiplies_the_style_weight():
-    for name in presets.PRESETS:
-        base = presets.PRESETS[name]["weight_style"]
-        assert presets.settings(name, {}, 2.0)["weight_style"] == 2.0 * base
-    assert presets.settings("quality", {"weight_style": 4.0}, 0.25)["weight_style"] == 1.0
+def test_style_strength_scales_the_iterations_of_a_content_start():
+    q = presets.PRESETS["quality"]
+    assert presets.settings("quality", {}, 2.0)["num_iterations"] == 2 * q["num_iterations"]
+    assert presets.settings("quality", {}, 0.2)["num_iterations"] == round(0.2 * q["num_iterations"])
+    s = presets.settings("quality", {"num_iterations": 10, "weight_style": 4.0}, 0.5)
+    assert s["num_iterations"] == 5 and s["weight_style"] == 4.0  # the weights stay
+    s = presets.settings("quality", {"multiscale": True, "iterations_per_scale": 30}, 2.0)
+    assert s["iterations_per_scale"] == 60
+    assert presets.settings("quality", {"num_iterations": 0}, 3.0)["num_iterations"] == 0
+    assert presets.settings("tutorial", {"init": "content"}, 1.5)["num_iterations"] == 180
+    with pytest.raises(ValueError, match="starts from the content.*from 'noise'"):
+        presets.settings("tutorial", {}, 2.0)
+    assert presets.settings("tutorial", {}, 1.0) == presets.PRESETS["tutorial"]
 
 
-def test_style_strength_reaches_the_run(rng, monkeypatch):
-    seen = {}
-    real = cpstyle.driver.StyleObjective
-
-    def spy(*args, **kw):
-        obj = real(*args, **kw)
-        seen["weights"] = obj.weights
-        return obj
-    monkeypatch.setattr(cpstyle.driver, "StyleObjective", spy)
+def test_style_strength_reaches_the_run(rng):
+    seen = []
     img = rng.uniform(0, 255, (20, 20, 3)).astype(np.float32)
-    cpstyle.style_transfer(img, img, num_iterations=0, model=small_model(rng),
-                           style_strength=3.0)
-    assert seen["weights"] == (1.5, 30.0, 0.3)
+    cpstyle.style_transfer(img, img, num_iterations=4, model=small_model(rng), init="content",
+                           style_strength=2.5, callback=seen.append, callback_every=1)
+    assert seen[-1].iteration == seen[-1].num_iterations == 10
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(preset="best"), "unknown preset 'best'"),
     (dict(preset=3), "unknown preset"),
     (dict(style_strength=0), "style_strength must be a finite number > 0"),
-    (dict(style_strength=20), r"style_strength must be in \[0.1, 10\]"),
+    (dict(style_strength=20), r"style_strength must be in \[0.2, 5\]"),
+    (dict(style_strength=2), "starts from the content"),
     (dict(style_strength="x"), "style_strength must be a number"),
 ])
 def test_bad_preset_and_strength(rng, kw, match):
