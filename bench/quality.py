@@ -223,7 +223,7 @@ def main(argv=None):
                    help="comma list of classic, tutorial, quality, strengths")
     p.add_argument("--anchor-weights", default=",".join(f"{k:g}" for k in ANCHOR_WEIGHTS))
     p.add_argument("--anchor-iterations", type=int, default=300)
-    p.add_argument("--strengths", default="0.3,3", help="style_strength values besides 1")
+    p.add_argument("--strengths", default="0.3,0.6,2", help="style_strength values besides 1")
     p.add_argument("--iterations", type=int, default=None,
                    help="cpstyle iterations (default: each preset's own)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")

@@ -55,7 +55,7 @@ def test_quick_run_writes_json_and_sheet(tmp_path, weights_path):
     (path,) = tmp_path.glob("quality-*.json")
     doc = json.loads(path.read_text())
     methods = {x["method"] for x in doc["results"]}
-    assert {"tutorial", "quality", "quality-s0.3", "quality-s3"} <= methods
+    assert {"tutorial", "quality", "quality-s0.3", "quality-s0.6", "quality-s2"} <= methods
     for x in doc["results"]:
         assert 0 <= x["lpips"] and x["style_gap"] >= 0 and x["seconds"] > 0
     assert path.with_suffix(".jpg").exists()
