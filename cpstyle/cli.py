@@ -288,7 +288,7 @@ def apply_preset(args):
     drops the preset's --style-scale)."""
     name = presets.check_preset(_opt(args, "preset") or CLI_PRESET)
     given = {key for key, attr in PRESET_OPTIONS.items() if _opt(args, attr) is not None}
-    dropped = {d for key in given for d in presets.COUPLED.get(key, ())}
+    dropped = presets.dropped_by(given)
     if _opt(args, "style_size") is not None:
         dropped.add("style_scale")
     for key, value in presets.PRESETS[name].items():
