@@ -194,6 +194,7 @@ def print_table(summary):
 
 def write_sheet(results, names, sizes, work, path):
     from bench.bench_optimizers import sheet
+    from cpstyle import load_image
     rows = []
     for size in sizes:
         for c, s in PAIRS:
@@ -204,15 +205,10 @@ def write_sheet(results, names, sizes, work, path):
             row = [content, style]
             for name in names:
                 f = work / f"{size}-{c}-{name}.png"
-                row.append(load_png(f) if f.exists() else np.full_like(content, 255.0))
+                row.append(load_image(f) if f.exists() else np.full_like(content, 255.0))
             rows.append(row)
     labels = ["content", "style"] + names
     return sheet(rows, path, labels, h=128, quality=85) if rows else None  # < 1 MB to commit
-
-
-def load_png(path):
-    import cpstyle
-    return cpstyle.load_image(path)
 
 
 def main(argv=None):
