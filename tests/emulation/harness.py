@@ -11,9 +11,11 @@ whole translation unit and the flags, and loaded with ctypes.
 
 Every launch also checks what NaN-poisoned outputs cannot show: each array goes
 to the kernel inside a guard band (GUARD elements each side, filled with a
-guard value); after the launch a changed guard is an out-of-bounds write, and a
-changed `const` array is a write through a const pointer. Output arrays are
-copied back; arguments that share memory are refused unless all are const.
+guard value), its first element at a 256-byte boundary as from cudaMalloc (so
+float4 loads of aligned offsets are aligned); after the launch a changed guard
+is an out-of-bounds write, and a changed `const` array is a write through a
+const pointer. Output arrays are copied back; arguments that share memory are
+refused unless all are const.
 
     emu = Emulator()
     emu.launch(kernel, grid, block, args)      # kernel from cpstyle.cuda.get_kernel
@@ -33,15 +35,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD_DIR = os.path.join(HERE, "build")
 HEADER = os.path.join(HERE, "cuda_emu.h")
 CXX = os.environ.get("CXX", "g++")
-# bounds: static arrays (our __shared__) indexed out of range trap at once.
+# bounds: static arrays (our __shared__) indexed out of range trap at once;
+# alignment: so do misaligned accesses (a float4 load off a 16-byte boundary),
+# which the GPU refuses too. visibility=hidden: each module keeps its own
+# statics; otherwise the __shared__ arrays of an inline or template function
+# are STB_GNU_UNIQUE symbols that the loader merges across all loaded modules,
+# whatever size each module's defines gave them (only the trampolines export).
 CXXFLAGS = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra",
-            "-Werror", "-Wno-unused-parameter", "-fsanitize=bounds",
-            "-fsanitize-undefined-trap-on-error"]
+            "-Werror", "-Wno-unused-parameter", "-fsanitize=bounds,alignment",
+            "-fsanitize-undefined-trap-on-error", "-fvisibility=hidden"]
 
 # Small launch shapes for the emulation: the wrappers read these from cpstyle.cuda.config.
 EMU_CONFIG = {"block": 32, "reduce_threads": 32, "reduce_blocks": 5}
 
 GUARD = 17  # elements of guard band on each side of every array argument
+ALIGN = 256  # bytes: where each array argument's data starts, as cudaMalloc's
 _GUARD_VALUE = {np.dtype(np.float32): np.float32(np.nan), np.dtype(np.float64): np.nan,
                 np.dtype(np.uint8): 0xA5, np.dtype(np.int32): -0x5A5A5A5A,
                 np.dtype(np.uint32): 0xA5A5A5A5}
@@ -54,13 +62,14 @@ def _translation_unit(module, defines, source=None):
     for name, params in sigs.items():
         call = ", ".join(f"*({p.ctype}*)a[{i}]" for i, p in enumerate(params))
         tramp.append(
-            f'extern "C" int emu_launch_{name}(unsigned gx, unsigned gy, unsigned gz,\n'
+            f'extern "C" EMU_EXPORT int emu_launch_{name}(unsigned gx, unsigned gy, unsigned gz,\n'
             f'        unsigned bx, unsigned by, unsigned bz, void** a) {{\n'
             f'    return emu::launch(dim3(gx, gy, gz), dim3(bx, by, bz), [a] {{ {name}({call}); }});\n'
             f'}}\n')
     tu = (f'#include "{HEADER}"\n// ---- kernels/{module}.cu via cpstyle.cuda.kernel_source ----\n'
           f'{src}\n// ---- trampolines ----\n'
-          f'extern "C" const char* emu_error() {{ return emu::error_message; }}\n'
+          '#define EMU_EXPORT __attribute__((visibility("default")))\n'
+          f'extern "C" EMU_EXPORT const char* emu_error() {{ return emu::error_message; }}\n'
           + "".join(tramp))
     return tu, sigs
 
@@ -98,6 +107,15 @@ _SCALAR = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.float32): ctypes.c_fl
            np.dtype(np.float64): ctypes.c_double, np.dtype(np.uint32): ctypes.c_uint32}
 
 
+def _guarded(a):
+    """A guard-filled buffer of a.size + 2*GUARD elements whose element GUARD sits
+    at an ALIGN-byte boundary."""
+    n, isz = a.size + 2 * GUARD, a.itemsize
+    raw = np.full(n + ALIGN // isz, _GUARD_VALUE[a.dtype], dtype=a.dtype)
+    skip = (-(raw.ctypes.data + GUARD * isz) % ALIGN) // isz
+    return raw[skip:skip + n]
+
+
 class Emulator:
     def __init__(self, config=None):
         self.config = dict(EMU_CONFIG if config is None else config)
@@ -130,7 +148,7 @@ class Emulator:
         keep, holders, guarded = [], [], []
         for a, p in zip(args, kernel.params):
             if p.pointer:
-                g = np.full(a.size + 2 * GUARD, _GUARD_VALUE[a.dtype], dtype=a.dtype)
+                g = _guarded(a)
                 g[GUARD:GUARD + a.size] = a.reshape(-1)
                 before = g.copy()
                 guarded.append((a, p, g, before))
