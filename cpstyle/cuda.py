@@ -141,8 +141,10 @@ def kernel_source_text(text, defines=None):
 # C parameter type -> numpy dtype of the array (pointers) or of the scalar.
 _CTYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
            "unsigned char": np.uint8, "unsigned int": np.uint32}
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?'
-                     r'void\s+(\w+)\s*\(([^)]*)\)')
+# __launch_bounds__ before or after `void` (CUDA's documented place is after)
+_BOUNDS = r'(?:__launch_bounds__\s*\([^)]*\)\s*)?'
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+' + _BOUNDS +
+                     r'void\s+' + _BOUNDS + r'(\w+)\s*\(([^)]*)\)')
 
 
 class Param:

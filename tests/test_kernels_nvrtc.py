@@ -133,3 +133,45 @@ def test_kernel_compiles_with_nvcc(name, tmp_path):
                         "-Xptxas", "--warn-on-spills", "-c", str(cu), "-o", str(tmp_path / "k.o")],
                        capture_output=True, text=True)
     assert r.returncode == 0 and not r.stderr.strip(), f"nvcc on kernels/{name}.cu:\n{r.stderr}"
+
+
+def test_kernel_signatures_take_launch_bounds_either_side_of_void():
+    for src in ('extern "C" __global__ void __launch_bounds__(128, 2) k(float* a, int n) {}',
+                'extern "C" __global__ __launch_bounds__(128) void k(float* a, int n) {}',
+                'extern "C" __global__ void k(float* a, int n) {}'):
+        sigs = cuda.kernel_signatures(src)
+        assert list(sigs) == ["k"], src
+        assert [p.name for p in sigs["k"]] == ["a", "n"], src
+
+
+def _igemm_define_sets():
+    from cpstyle.ops import conv_igemm
+    sets = []
+    for tiles in conv_igemm.CANDIDATES:
+        for prec in conv_igemm.PRECISIONS:
+            sets.append(conv_igemm.defines(tiles, prec, 64, 64))
+    for tiles in conv_igemm.NARROW_CANDIDATES:
+        for prec in conv_igemm.PRECISIONS:
+            sets.append(conv_igemm.defines(tiles, prec, 64, 3))  # conv1_1's backward
+    for prec in conv_igemm.PRECISIONS:
+        sets.append(conv_igemm.defines(conv_igemm.DEFAULT_TILES, prec, 3, 64))  # conv1_1
+    return sets
+
+
+@pytest.mark.parametrize("defines", _igemm_define_sets(),
+                         ids=lambda d: "{BM}x{BN}x{BK}w{WARPS_M}x{WARPS_N}p{PREC}a{VEC_A}b{VEC_B}".format(**d))
+def test_conv_igemm_tile_sets_compile_for_sm90_without_spills(defines):
+    """Every tile set the tuner may pick: ptxas for sm_90 with spill and local-memory
+    warnings on (a spill would cost more than the tile gains)."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    src = cuda.kernel_source("conv_igemm", defines)
+    prog = nvrtc.createProgram(src, "conv_igemm.cu", [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, ARCHES["sm_90"] + COMMON)
+        except Exception as e:
+            raise AssertionError(f"conv_igemm {defines}: {e}\n{nvrtc.getProgramLog(prog)}") from None
+        log = nvrtc.getProgramLog(prog).strip()
+        assert not log, f"conv_igemm {defines} compiled with a log:\n{log}"
+    finally:
+        nvrtc.destroyProgram(prog)
