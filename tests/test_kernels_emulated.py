@@ -33,7 +33,7 @@ from cpstyle.ops.preprocess import (preprocess_backward_cpu, preprocess_backward
                                     preprocess_params)
 from cpstyle.ops.update import make_update_work, update_cpu, update_gpu_inplace
 from emulation.harness import Emulator, SourceKernel, all_kernels
-from emulation.checks import assert_close
+from emulation.checks import assert_close, conv3x3_64, igemm_check as _igemm_check, igemm_operands as _igemm_operands
 
 EPS32 = float(np.finfo(np.float32).eps)
 SHAPES = [(1, 1, 1, 3), (1, 3, 7, 3), (2, 5, 4, 7), (1, 33, 3, 2)]
@@ -551,3 +551,69 @@ def test_harness_traps_shared_overrun():
     assert ok.returncode == 0 and "survived" in ok.stdout, ok.stderr
     bad = subprocess.run([sys.executable, "-c", script, tests_dir, "1"], **run)
     assert bad.returncode != 0 and "survived" not in bad.stdout
+
+
+# ---- conv, implicit GEMM on tensor cores (kernels/conv_igemm.cu) -------------------
+# The kernels run under the warp/mma emulation (cuda_emu.h). Two checks per case:
+# tight, against a float64 conv of the operands rounded as the kernel rounds them
+# (TF32 by cvt.rna, BF16 to nearest even): what is left is fp32 accumulation, one
+# rounding per mma at most, so a wrong fragment layout or tile index fails by far;
+# and the precision's stated bound against the exact fp32 conv (conv_igemm.ERROR_BOUND).
+
+from cpstyle.ops import conv_igemm  # noqa: E402
+
+# (BM, BN, BK, WARPS_M, WARPS_N): one warp with one 16x8 fragment per K step; two warps
+# with two fragments each; and the default tiles the GPU starts from.
+IG_TILES = {"tiny": (16, 8, 16, 1, 1), "small": (32, 16, 16, 2, 1), "default": conv_igemm.DEFAULT_TILES}
+# (N, H, W, Cin) -> Cout: Cin 3 (scalar A loads, K = 27 < 2 stages), Cin % 4 == 0 (float4
+# loads), K = 144 (9 stages); M, Cout never a multiple of the tiles; Cout 3 as conv1_1's backward.
+IG_SHAPES = [((1, 5, 7, 3), 5), ((2, 3, 5, 8), 12), ((1, 9, 6, 16), 20), ((1, 4, 5, 12), 3)]
+
+
+@covers("conv_igemm_forward_kernel")
+@pytest.mark.parametrize("precision", list(conv_igemm.PRECISIONS))
+@pytest.mark.parametrize("tiles", ["tiny", "small"])
+@pytest.mark.parametrize("shape,cout", IG_SHAPES)
+def test_conv_igemm_forward(emu, rng, shape, cout, tiles, precision):
+    x, wt, b = _igemm_operands(rng, shape, cout)
+    n, h, w, _ = shape
+    y, cache = conv_igemm.conv_forward_igemm(x, wt, b, out=nan_like((n, h, w, cout)),
+                                             precision=precision, tiles=IG_TILES[tiles])
+    assert cache[0] is wt and cache[1] is y
+    _igemm_check(y, x, wt, b, precision, f"igemm forward {precision} {tiles}")
+
+
+@covers("conv_igemm_backward_kernel")
+@pytest.mark.parametrize("precision", list(conv_igemm.PRECISIONS))
+@pytest.mark.parametrize("tiles", ["tiny", "small"])
+@pytest.mark.parametrize("shape,cout", IG_SHAPES)
+def test_conv_igemm_backward(emu, rng, shape, cout, tiles, precision):
+    x, wt, b = _igemm_operands(rng, shape, cout)
+    n, h, w, cin = shape
+    _, cache = conv_forward_cpu(x, wt, b)
+    assert (cache[1] == 0).any() and (cache[1] > 0).any()  # the ReLU mask matters
+    dout = rng.standard_normal((n, h, w, cout)).astype(np.float32)
+    dx = conv_igemm.conv_backward_igemm(dout, cache, flip_kernel(wt), out=nan_like(shape),
+                                        precision=precision, tiles=IG_TILES[tiles])
+    dz = dout * (cache[1] > 0)
+    _igemm_check(dx, dz, flip_kernel(wt), None, precision, f"igemm backward {precision} {tiles}")
+    # and the reference backward itself, within the same bound
+    ref = conv_backward_cpu(dout, cache)
+    assert np.abs(dx - ref).max() <= conv_igemm.ERROR_BOUND[precision] * \
+        conv3x3_64(np.abs(dz), np.abs(flip_kernel(wt))).max() + 1e-5
+
+
+@covers("conv_igemm_forward_kernel", "conv_igemm_backward_kernel")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_conv_igemm_default_tiles(emu, rng, precision):
+    """The tiles the GPU runs by default: a 128x64 block over 12x11 pixels and 72
+    channels (two column tiles, the second mostly empty)."""
+    x, wt, b = _igemm_operands(rng, (1, 12, 11, 8), 72)
+    y, cache = conv_igemm.conv_forward_igemm(x, wt, b, out=nan_like((1, 12, 11, 72)),
+                                             precision=precision)
+    _igemm_check(y, x, wt, b, precision, f"igemm forward {precision} default tiles")
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    dx = conv_igemm.conv_backward_igemm(dout, cache, flip_kernel(wt), out=nan_like(x.shape),
+                                        precision=precision)
+    _igemm_check(dx, dout * (y > 0), flip_kernel(wt), None, precision,
+                 f"igemm backward {precision} default tiles")

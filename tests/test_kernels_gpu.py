@@ -453,3 +453,47 @@ def test_dispatchers_gpu(rng):
     new = update.update(xug, cp.asarray(gu), 10.0)
     assert new is not xug and np.array_equal(host(xug), xu), "update must return a fresh array"
     assert_close(host(new), update_cpu(xu, gu, 10.0), atol=1e-3, rtol=0, what="update")
+
+
+# ---- the implicit-GEMM conv (kernels/conv_igemm.cu) --------------------------------
+# Every tile set the tuner may pick, every precision, on the GPU: the emulated tests'
+# two-level check (operands rounded as the kernel rounds them, then the stated bound).
+# Shapes: VGG's channel counts on odd image sizes, several row and column tiles.
+
+from cpstyle.ops import conv_igemm  # noqa: E402
+from emulation.checks import igemm_check, igemm_operands  # noqa: E402
+
+IG_GPU_SHAPES = [((1, 37, 29, 64), 128), ((1, 33, 17, 3), 64), ((2, 19, 23, 128), 72)]
+
+
+@pytest.mark.parametrize("precision", list(conv_igemm.PRECISIONS))
+@pytest.mark.parametrize("tiles", conv_igemm.CANDIDATES, ids=str)
+@pytest.mark.parametrize("shape,cout", IG_GPU_SHAPES)
+def test_conv_igemm_gpu(rng, shape, cout, tiles, precision):
+    x, wt, b = igemm_operands(rng, shape, cout)
+    n, h, w, cin = shape
+    xg, wg, bg = cp.asarray(x), cp.asarray(wt), cp.asarray(b)
+    y, cache = conv_igemm.conv_forward_igemm(xg, wg, bg, out=poison((n, h, w, cout)),
+                                             precision=precision, tiles=tiles)
+    igemm_check(cp.asnumpy(y), x, wt, b, precision, f"igemm forward {precision} {tiles}")
+    dout = rng.standard_normal((n, h, w, cout)).astype(np.float32)
+    wf = flip_kernel(wt)
+    dx = conv_igemm.conv_backward_igemm(cp.asarray(dout), cache, cp.asarray(wf),
+                                        out=poison(shape), precision=precision, tiles=tiles)
+    igemm_check(cp.asnumpy(dx), dout * (cp.asnumpy(y) > 0), wf, None, precision,
+                f"igemm backward {precision} {tiles}")
+
+
+@pytest.mark.parametrize("precision", list(conv_igemm.PRECISIONS))
+@pytest.mark.parametrize("tiles", conv_igemm.NARROW_CANDIDATES, ids=str)
+def test_conv_igemm_gpu_narrow(rng, tiles, precision):
+    """conv1_1's backward: 64 channels in, 3 out."""
+    x, wt, b = igemm_operands(rng, (1, 41, 35, 3), 64)
+    _, cache = conv_forward_cpu(x, wt, b)
+    dout = rng.standard_normal(cache[1].shape).astype(np.float32)
+    wf = flip_kernel(wt)
+    dx = conv_igemm.conv_backward_igemm(cp.asarray(dout), (cp.asarray(wt), cp.asarray(cache[1])),
+                                        cp.asarray(wf), out=poison(x.shape), precision=precision,
+                                        tiles=tiles)
+    igemm_check(cp.asnumpy(dx), dout * (cache[1] > 0), wf, None, precision,
+                f"igemm backward {precision} {tiles}")
