@@ -30,7 +30,6 @@ the last of each scale; nothing else leaves the device. Ctrl-C raises
 content's size, colours treated as the run's would be). Tests: tests/test_driver.py,
 tests/test_options.py."""
 import collections
-import dataclasses
 import time
 
 import numpy as np
@@ -43,32 +42,10 @@ from .images import resize_to, validate_image
 from .objective import GRAM_NORMS, StyleObjective, style_images
 from .optimizers import check_optimizer, make_optimizer
 from .presets import with_presets
+from .progress import LOSS_NAMES, Interrupted, Progress  # noqa: F401 (the API's names here too)
 
-LOSS_NAMES = ("content", "style", "denoise")
 INITS = ("noise", "content", "style", "blend")
 DEFAULT_MIN_SIZE = 128
-
-
-@dataclasses.dataclass
-class Progress:
-    iteration: int            # iterations done so far in this scale (0 = the initial image's losses)
-    num_iterations: int       # iterations of this scale
-    losses: dict              # {"content", "style", "denoise"}: the losses at `image`
-    adj: dict                 # the three 1/(L + 1e-10) (1.0 with constant weights)
-    image: object             # (H, W, 3) float32, on the run's backend
-    elapsed: float            # seconds since the scale's loop started
-    objective: float = None   # Φ at `image`, the number every optimiser lowers
-    scale: int = 0            # multiscale: 0-based index of the scale ...
-    num_scales: int = 1       # ... of this many
-    size: tuple = None        # (H, W) of this scale's image
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during style_transfer; .image is the last finished image (host)."""
-
-    def __init__(self, image, iteration):
-        super().__init__(f"interrupted after {iteration} iterations")
-        self.image, self.iteration = image, iteration
 
 
 def check_iterations(n, name="num_iterations"):

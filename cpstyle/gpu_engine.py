@@ -19,6 +19,7 @@ reads losses only at progress callbacks. Reference: cpstyle/objective.py,
 cpstyle/optimizers.py and cpstyle/driver.py (the NumPy path).
 Tests: tests/test_gpu_engine.py, tests/test_gpu_engine_emulated.py."""
 import contextlib
+import os
 import time
 
 import numpy as np
@@ -27,14 +28,36 @@ from . import layers
 from .backend import to_host
 from .objective import StyleObjective, gram_norm_factor
 from .optimizers import Settings, check_optimizer, make_device_optimizer
+from .progress import LOSS_NAMES, Interrupted, Progress
 
-PRECISIONS = ("fp32", "tf32")
+PRECISIONS = ("fp32", "tf32", "bf16")
+# How the convolutions run: "im2col" = a materialised im2col fed to cupy.matmul
+# (ops/conv.py), "igemm" = our implicit-GEMM tensor-core kernels (ops/conv_igemm.py).
+# The default stays im2col until a GPU run shows igemm correct and faster; bf16
+# exists only in igemm. CPSTYLE_CONV sets the default for a process.
+CONVS = ("im2col", "igemm")
+
+
+def check_conv(conv, precision):
+    """conv (None: $CPSTYLE_CONV, else im2col; bf16 always igemm) -> a name in CONVS."""
+    explicit = conv is not None
+    if conv is None:
+        conv = os.environ.get("CPSTYLE_CONV") or "im2col"
+    if conv not in CONVS:
+        where = "conv" if explicit else "CPSTYLE_CONV"
+        raise ValueError(f"unknown {where} {conv!r}: use one of {CONVS}")
+    if precision == "bf16":
+        if explicit and conv != "igemm":
+            raise ValueError("precision 'bf16' runs only on the igemm convolutions")
+        conv = "igemm"
+    return conv
 
 
 @contextlib.contextmanager
 def matmul_precision(precision, xp=None):
-    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage).
-    A no-op for NumPy (the emulated run of this engine)."""
+    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage);
+    bf16 runs cuBLAS's products (the Grams) in TF32 too. A no-op for NumPy (the
+    emulated run of this engine)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
     if xp is np:
@@ -42,8 +65,8 @@ def matmul_precision(precision, xp=None):
         return
     from cupy._core import _routines_linalg as linalg
     old = linalg.get_compute_type(np.float32)
-    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if precision == "tf32"
-                            else linalg.COMPUTE_TYPE_FP32)
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_FP32 if precision == "fp32"
+                            else linalg.COMPUTE_TYPE_TF32)
     try:
         yield
     finally:
@@ -55,10 +78,10 @@ class GpuStyleTransfer:
                  weight_content, weight_style, weight_denoise, gram_norm="none",
                  precision="fp32", content_layer_weights=None, style_layer_weights=None,
                  style_blend_weights=None, constant_weights=False, optimizer="gd",
-                 step_size=10.0):
+                 step_size=10.0, conv=None):
         """`optimizer`: a name ('gd', 'adam', 'lbfgs'; default settings) or the
         Settings of cpstyle.optimizers.check_optimizer. `style`: one image or a
-        list (blended with style_blend_weights)."""
+        list (blended with style_blend_weights). `conv`: CONVS (check_conv)."""
         # A CPU model runs this same engine with NumPy arrays through the kernel
         # emulator (tests/emulation): the CI check of the on-device driver.
         cp = model.xp
@@ -69,6 +92,7 @@ class GpuStyleTransfer:
         self.settings = optimizer if isinstance(optimizer, Settings) else \
             check_optimizer(optimizer, step_size)
         self.precision = precision
+        self.conv = check_conv(conv, precision)
         self.cp, self.model = cp, model
         with matmul_precision(precision, cp):
             # Targets once, through the reference path on the device.
@@ -109,8 +133,23 @@ class GpuStyleTransfer:
             else:
                 self.pooled.append(None)
                 self.argmax.append(None)
-        self.cols = cp.empty(cols, f32)
-        self.dz = cp.empty(max(a.size for a in self.acts), f32)
+        # per conv: (forward, backward) on the igemm kernels? Where the tuner's
+        # table says im2col was faster on this GPU, that conv keeps im2col.
+        self.igemm = []
+        hh, ww = h, w
+        for i in range(self.depth):
+            cin, cout = model.kernels[i].shape[2:]
+            if self.conv == "igemm":
+                from .ops.conv_igemm import prefers_im2col
+                self.igemm.append((not prefers_im2col("fwd", precision, cin, cout, hh * ww),
+                                   not prefers_im2col("bwd", precision, cout, cin, hh * ww)))
+            else:
+                self.igemm.append((False, False))
+            if i in layers.POOL_AFTER:
+                hh, ww = hh // 2, ww // 2
+        if not all(f and b for f, b in self.igemm):  # the implicit GEMM needs neither
+            self.cols = cp.empty(cols, f32)
+            self.dz = cp.empty(max(a.size for a in self.acts), f32)
         self.losses = cp.zeros(3, f32)
         self.adj = cp.zeros(3, f32)
         self.coef = cp.zeros(3, f32)
@@ -155,6 +194,7 @@ class GpuStyleTransfer:
     def evaluate(self):
         """losses, adj, coef and grad at the current x; enqueues kernels only."""
         from .ops.conv import conv_backward_gpu, conv_forward_gpu
+        from .ops.conv_igemm import conv_backward_igemm, conv_forward_igemm
         from .ops.gram import gram_forward_gpu
         from .ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
                                denoise_sum_gpu, mse_sum_gpu, scaled_diff_gpu)
@@ -166,9 +206,13 @@ class GpuStyleTransfer:
         preprocess_forward_gpu(self.x, m.scale, m.shift, m.bgr, out=self.h0)
         h = self.h0
         for i in range(self.depth):
-            rows = h.shape[1] * h.shape[2]
-            conv_forward_gpu(h, m.kernels[i], m.biases[i], out=self.acts[i],
-                             cols=self._cols(rows, 9 * h.shape[3]), wflip=m.kernels_flipped[i])
+            if self.igemm[i][0]:
+                conv_forward_igemm(h, m.kernels[i], m.biases[i], out=self.acts[i],
+                                   precision=self.precision)
+            else:
+                rows = h.shape[1] * h.shape[2]
+                conv_forward_gpu(h, m.kernels[i], m.biases[i], out=self.acts[i],
+                                 cols=self._cols(rows, 9 * h.shape[3]), wflip=m.kernels_flipped[i])
             h = self.acts[i]
             self._mark(f"conv forward {i}")
             if self.pooled[i] is not None:
@@ -217,10 +261,14 @@ class GpuStyleTransfer:
                     dh = dtaps[i]
                 else:
                     dh += dtaps[i]
-            rows = dh.shape[1] * dh.shape[2]
-            dh = conv_backward_gpu(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
-                                   out=self.gin[i], cols=self._cols(rows, 9 * dh.shape[3]),
-                                   dz=self.dz[:dh.size].reshape(dh.shape))
+            if self.igemm[i][1]:
+                dh = conv_backward_igemm(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
+                                         out=self.gin[i], precision=self.precision)
+            else:
+                rows = dh.shape[1] * dh.shape[2]
+                dh = conv_backward_gpu(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
+                                       out=self.gin[i], cols=self._cols(rows, 9 * dh.shape[3]),
+                                       dz=self.dz[:dh.size].reshape(dh.shape))
             self._mark(f"conv backward {i}")
         preprocess_backward_gpu(dh, m.scale, m.bgr, out=self.grad)
         denoise_backward_accumulate_gpu(self.grad, self.x, self.coef[2:3])
@@ -236,7 +284,6 @@ class GpuStyleTransfer:
         """x0 (H, W, 3) -> the image after num_iterations steps (a fresh (H, W, 3)
         array). The optimiser's state starts afresh. `report`: extra Progress
         fields (the multiscale driver's scale and size)."""
-        from .driver import Interrupted
         cp = self.cp
         self.optimizer.reset()
         if step_size is not None and hasattr(self.optimizer, "step_size"):
@@ -263,7 +310,6 @@ class GpuStyleTransfer:
         return self.x[0].copy()
 
     def _report(self, callback, it, n, t0, image):
-        from .driver import LOSS_NAMES, Progress
         losses = to_host(self.losses)  # the one sync point
         adj = to_host(self.adj)
         callback(Progress(it, n, dict(zip(LOSS_NAMES, map(float, losses))),
