@@ -1,5 +1,7 @@
-"""Merge a device check's pytest junit XML and benchmark JSON into one results
-file <date>-<gpu>-<commit>.json and print the short table (bench/device_check.sh)."""
+"""Merge a device check's pytest junit XMLs (the default convolutions, and
+CPSTYLE_CONV=igemm), the conv tuner's totals and the benchmark JSON into one
+results file <date>-<gpu>-<commit>.json, and print the short table
+(bench/device_check.sh)."""
 import argparse
 import datetime
 import json
@@ -43,6 +45,22 @@ def versions():
     return v
 
 
+def tune_summary(path):
+    """The tuner's JSON (bench/tune_conv.py) in brief: totals per size and
+    precision, failed and skipped shapes, compiles, seconds."""
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        t = json.load(f)
+    shapes = t.get("shapes", [])
+    return {"file": os.path.basename(path), "totals": t.get("totals", []),
+            "tuned": sum(1 for r in shapes if r.get("status") == "tuned"),
+            "failed": [r["key"] for r in shapes if r.get("status") == "failed"],
+            "skipped": t.get("skipped", []), "aborted": t.get("aborted"),
+            "im2col_faster": [r["key"] for r in shapes if r.get("im2col_faster")],
+            "compiles": t.get("compiles"), "elapsed_s": t.get("elapsed_s")}
+
+
 def gpu_name():
     try:
         import cupy
@@ -54,6 +72,8 @@ def gpu_name():
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--tests", required=True)
+    p.add_argument("--tests-igemm", help="junit XML of the gpu tests with CPSTYLE_CONV=igemm")
+    p.add_argument("--tune", help="bench/tune_conv.py's JSON")
     p.add_argument("--bench", required=True)
     p.add_argument("--out-dir", required=True)
     a = p.parse_args(argv)
@@ -65,16 +85,38 @@ def main(argv=None):
             bench = json.load(f)
         bench["commit"] = commit
     result = {"device": name, "commit": commit, "date": datetime.date.today().isoformat(),
-              "versions": versions(), "tests": test_counts(a.tests), "bench": bench}
+              "versions": versions(), "tests": test_counts(a.tests),
+              "tests_igemm": test_counts(a.tests_igemm) if a.tests_igemm else None,
+              "tune": tune_summary(a.tune), "bench": bench}
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     path = os.path.join(a.out_dir, f"{result['date']}-{slug}-{commit[:8]}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
-    t = result["tests"]
     print(f"\n== device check | {name} | commit {commit[:8]} ==")
-    print(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t.get('skipped', 0)} skipped")
-    for n in t.get("failed_tests", []):
-        print(f"  FAILED {n}")
+    ok = True
+    for label, t in (("gpu tests", result["tests"]), ("gpu tests, igemm", result["tests_igemm"])):
+        if t is None:
+            continue
+        print(f"{label}: {t['passed']} passed, {t['failed']} failed, {t.get('skipped', 0)} skipped"
+              f"{' (' + t['note'] + ')' if t.get('note') else ''}")
+        for n in t.get("failed_tests", []):
+            print(f"  FAILED {n}")
+        ok = ok and t["failed"] == 0 and t["passed"] > 0
+    tune = result["tune"]
+    if tune:
+        print(f"tune_conv: {tune['tuned']} shapes tuned, {len(tune['failed'])} failed, "
+              f"{len(tune['skipped'])} skipped, im2col faster on {len(tune['im2col_faster'])}"
+              f"{', ABORTED: ' + tune['aborted'] if tune['aborted'] else ''}")
+        for tot in tune["totals"]:
+            try:
+                from bench.tune_conv import format_total
+                print(format_total(tot))
+            except Exception as e:  # the tuner does not import: the numbers as they are
+                print(f"{json.dumps(tot)} ({type(e).__name__})")
+        for k in tune["failed"]:
+            print(f"  FAILED {k}")
+    else:
+        print("tune_conv: no results")
     if bench:
         from bench.run import fmt_line
         for r in bench.get("cases", []):
@@ -89,7 +131,7 @@ def main(argv=None):
     else:
         print("bench: no results")
     print(f"results: {path}")
-    return 0 if t["failed"] == 0 and t["passed"] > 0 else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# The prepared check for a GPU machine (see bench/README.md): the `gpu` tests,
-# then the GPU benchmark against PyTorch, then one results file
-#   $OUT/<date>-<gpu>-<commit>.json   (commit it under bench/results/)
-# and a short table. Runs from the repository root of a copy of the tree with
-# the weights carried in weights/vgg16.h5. About 4-5 minutes on an H100/H200.
+# The prepared check for a GPU machine (see bench/README.md), in this order:
+#   1. the `gpu` tests as committed (the default convolutions, CPSTYLE_CONV unset)
+#   2. python -m bench.tune_conv --size 512 --size 1024: the implicit-GEMM conv's
+#      tiles per shape, written to the tree's cpstyle/data/conv_tiles.json (which
+#      steps 3 and 4 then use) and copied to $OUT
+#   3. the `gpu` tests again with CPSTYLE_CONV=igemm
+#   4. the GPU benchmark against PyTorch with CPSTYLE_CONV=igemm ($BENCH_ARGS passed on)
+# then one results file $OUT/<date>-<gpu>-<commit>.json (commit it under bench/results/).
+# What comes back is only $OUT, at most 8 files: this script writes 7 there
+# (device-check.log, gpu-tests.xml, tune_conv.json, conv_tiles.json,
+# gpu-tests-igemm.xml, bench.json, the results file). Runs from the repository
+# root of a copy of the tree, with the weights carried in weights/vgg16.h5.
+# Expected 4-5 minutes on an H100/H200. With every step at its timeout it is
+# 90 + 200 + 90 + 170 s, which still fits a 600 s command.
 #
 #   CPSTYLE_COMMIT=$(git rev-parse HEAD) bash bench/device_check.sh
 set -uo pipefail
@@ -14,28 +23,42 @@ export CPSTYLE_WEIGHTS=${CPSTYLE_WEIGHTS:-$PWD/weights/vgg16.h5}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 export CPSTYLE_COMMIT=${CPSTYLE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+unset CPSTYLE_CONV
 PY=${PYTHON:-python3}
 
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
-$PY -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
+step() {  # step NAME TIMEOUT COMMAND...: run it, say how long it took and how it ended
+    local name=$1 limit=$2 start rc
+    shift 2
+    echo "== $name (timeout ${limit} s) =="
+    start=$(date +%s)
+    timeout "$limit" "$@"
+    rc=$?
+    echo "== $name: $(( $(date +%s) - start )) s, exit $rc$([ $rc -eq 124 ] && echo ' (timed out)') =="
+}
 
-start=$(date +%s)
-timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -m gpu -p no:cacheprovider \
-    --junitxml="$OUT/gpu-tests.xml" tests/ 2>&1 | tee "$OUT/gpu-tests.log"
-echo "gpu tests: $(( $(date +%s) - start )) s"
+main() {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+    $PY -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
 
-start=$(date +%s)
-timeout "${BENCH_TIMEOUT:-300}" $PY -m bench --device gpu --out "$OUT/bench.json" ${BENCH_ARGS:-} \
-    2>&1 | tee "$OUT/bench.log"
-echo "bench: $(( $(date +%s) - start )) s"
+    step "gpu tests" "${TEST_TIMEOUT:-90}" $PY -m pytest -q -m gpu -p no:cacheprovider \
+        --junitxml="$OUT/gpu-tests.xml" tests/
 
-timeout "${PROFILE_TIMEOUT:-90}" $PY -m bench.profile_ops --size 512 --size 1024 \
-    --json "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log"
-# the same with every conv in the col2im form where it has no more columns
-timeout "${PROFILE_TIMEOUT:-90}" $PY -m bench.profile_ops --size 1024 --col2im all \
-    --json "$OUT/profile-col2im-all.json" 2>&1 | tee "$OUT/profile-col2im-all.log"
-# each conv's GEMM alone, both lowerings, fp32 and tf32 (cuBLAS's view of the shapes)
-timeout "${PROFILE_TIMEOUT:-90}" $PY -m bench.profile_ops --gemm-shapes --size 1024 \
-    --json "$OUT/gemm-shapes.json" 2>&1 | tee "$OUT/gemm-shapes.log"
+    step "tune_conv" "${TUNE_TIMEOUT:-200}" $PY -m bench.tune_conv --size 512 --size 1024 \
+        --budget-s "${TUNE_BUDGET:-150}" --json "$OUT/tune_conv.json"
+    if [ -f cpstyle/data/conv_tiles.json ]; then
+        cp cpstyle/data/conv_tiles.json "$OUT/conv_tiles.json"
+    fi
 
-$PY bench/device_check.py --tests "$OUT/gpu-tests.xml" --bench "$OUT/bench.json" --out-dir "$OUT"
+    CPSTYLE_CONV=igemm step "gpu tests, CPSTYLE_CONV=igemm" "${TEST_TIMEOUT:-90}" \
+        $PY -m pytest -q -m gpu -p no:cacheprovider --junitxml="$OUT/gpu-tests-igemm.xml" tests/
+
+    # shellcheck disable=SC2086  # BENCH_ARGS is a list of words
+    CPSTYLE_CONV=igemm step "bench, CPSTYLE_CONV=igemm" "${BENCH_TIMEOUT:-170}" \
+        $PY -m bench --device gpu --out "$OUT/bench.json" ${BENCH_ARGS:-}
+
+    $PY bench/device_check.py --tests "$OUT/gpu-tests.xml" --tests-igemm "$OUT/gpu-tests-igemm.xml" \
+        --tune "$OUT/tune_conv.json" --bench "$OUT/bench.json" --out-dir "$OUT"
+}
+
+main 2>&1 | tee "$OUT/device-check.log"
+exit "${PIPESTATUS[0]}"
