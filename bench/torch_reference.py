@@ -14,9 +14,16 @@ weights and the same arithmetic.
 The reciprocal weights use the current iteration's losses and are constants to the
 gradient (detached), so one backward of the weighted sum gives g.
 
+Precision: fp32 (TF32 off in cuBLAS and cuDNN), tf32 (both on), bf16 (the forward
+and the losses under torch.autocast(bfloat16): convolutions and Grams take bf16
+operands and accumulate in fp32, as PyTorch's mixed precision does; the backward
+runs in the forward's dtypes; the image, the squared errors and the losses stay
+fp32). On CUDA the model and its input are channels_last in every precision.
+
 The weight helpers and initial_image work without torch (the harness uses them on
 machines that have none); everything else needs it.
 """
+import contextlib
 import os
 
 import numpy as np
@@ -150,6 +157,12 @@ def gram(f):
     return m.t() @ m
 
 
+def mse(a, b):
+    """mean((a - b)²) in fp32: a no-op cast for fp32 taps, and under bf16 autocast
+    the losses stay fp32 as cpstyle's do (autocast would square in bf16 on a CPU)."""
+    return torch.mean((a.float() - b.float()) ** 2)
+
+
 def denoise_loss(x):
     """Total variation (L1) of (1, 3, H, W) on the 0..255 image, summed."""
     return ((x[:, :, 1:, :] - x[:, :, :-1, :]).abs().sum()
@@ -163,11 +176,14 @@ class TorchObjective:
 
     def __init__(self, content, style, content_layer_ids, style_layer_ids,
                  weight_content=1.5, weight_style=10.0, weight_denoise=0.3,
-                 weights=None, device="cpu", tf32=False, memory_format=None, model=None):
+                 weights=None, device="cpu", tf32=False, memory_format=None, model=None,
+                 bf16=False):
         """model: a TorchVGG16 already on `device` (then `weights` is not read), so a
-        benchmark can keep weight loading and upload out of its timings."""
+        benchmark can keep weight loading and upload out of its timings.
+        bf16: the forward passes (targets included) and the losses under autocast."""
         self.device = torch.device(device) if model is None else model.device
         self.tf32 = bool(tf32)
+        self.bf16 = bool(bf16)
         set_tf32(self.tf32)
         if self.device.type == "cuda":
             torch.backends.cudnn.enabled = True
@@ -181,7 +197,7 @@ class TorchObjective:
         self.style_ids = sorted({int(i) for i in style_layer_ids})
         self.w = (float(weight_content), float(weight_style), float(weight_denoise))
         self.depth = max(self.content_ids + self.style_ids) + 1
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             taps = self.model.forward(_to_nchw(content, self.device), max(self.content_ids, default=-1) + 1) \
                 if self.content_ids else []
             self.content_targets = [taps[i].detach() for i in self.content_ids]
@@ -189,17 +205,26 @@ class TorchObjective:
                 if self.style_ids else []
             self.style_targets = [gram(taps[i]).detach() for i in self.style_ids]
 
+    def autocast(self):
+        """bf16: torch.autocast on this device; otherwise nothing."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def losses_and_grad(self, x):
         """x (1, 3, H, W) device tensor -> (L_c, L_s, L_d) 0-d tensors, grad (1, 3, H, W).
         No host synchronisation."""
         set_tf32(self.tf32)
         x = x.detach().requires_grad_(True)
-        taps = self.model.forward(x, self.depth)
         zero = x.new_zeros(())
-        lc = torch.stack([torch.mean((taps[i] - p) ** 2) for i, p in zip(self.content_ids, self.content_targets)]).mean() \
-            if self.content_ids else zero
-        ls = torch.stack([torch.mean((gram(taps[i]) - a) ** 2) for i, a in zip(self.style_ids, self.style_targets)]).mean() \
-            if self.style_ids else zero
+        # autocast wraps the forward and the losses only (PyTorch's advice); autograd
+        # runs each op's backward in the dtype its forward ran in
+        with self.autocast():
+            taps = self.model.forward(x, self.depth)
+            lc = torch.stack([mse(taps[i], p) for i, p in zip(self.content_ids, self.content_targets)]).mean() \
+                if self.content_ids else zero
+            ls = torch.stack([mse(gram(taps[i]), a) for i, a in zip(self.style_ids, self.style_targets)]).mean() \
+                if self.style_ids else zero
         ld = denoise_loss(x)
         wc, ws, wd = self.w
         total = (wc / (lc.detach() + 1e-10)) * lc + (ws / (ls.detach() + 1e-10)) * ls \
@@ -247,11 +272,13 @@ class TorchStyleTransfer:
 def torch_style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple(range(13)),
                          weight_content=1.5, weight_style=10.0, weight_denoise=0.3,
                          num_iterations=120, step_size=10.0, weights=None, device="cpu",
-                         seed=None, tf32=False, callback=None, init=None, model=None):
+                         seed=None, tf32=False, callback=None, init=None, model=None,
+                         bf16=False):
     """The whole run; -> (H, W, 3) float32 numpy. callback(i, losses dict) every 10
     iterations and at the last (the only host syncs)."""
     obj = TorchObjective(content, style, content_layer_ids, style_layer_ids, weight_content,
-                         weight_style, weight_denoise, weights, device, tf32, model=model)
+                         weight_style, weight_denoise, weights, device, tf32, model=model,
+                         bf16=bf16)
     if init is None:
         init = initial_image(np.shape(content), seed)
     run = TorchStyleTransfer(obj, init, step_size)

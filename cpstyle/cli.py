@@ -26,6 +26,7 @@ from . import presets, weights
 from .colors import PRESERVE_COLORS
 from .driver import (DEFAULT_MIN_SIZE, INITS, Interrupted, check_arguments, scale_sizes,
                      style_transfer)
+from .gpu_engine import PRECISIONS
 from .images import (SAVE_FORMATS, demo_paths, load_image, make_sheet, save_image,
                      validate_image)
 from .layers import (LAYER_NAMES, MIN_IMAGE_SIZE, check_number, check_weights, layer_ids,
@@ -176,6 +177,15 @@ def resolve_cli_device(device):
         raise ValueError("--device gpu: no CUDA GPU is usable here (CuPy missing, no "
                          "driver, or no device); use --device cpu or auto")
     return resolve_device(device)
+
+
+def check_precision(precision, device):
+    """The fast modes run on the GPU engine only (style_transfer says so too, but
+    after the weights are loaded)."""
+    if precision != "fp32" and device != "gpu":
+        raise ValueError(f"--precision {precision} needs a GPU; the CPU runs fp32 only "
+                         f"(use --precision fp32)")
+    return precision
 
 
 def load_input(path, max_size, what):
@@ -435,6 +445,7 @@ def cmd_run(args):
                 raise ValueError(f"refusing to overwrite the input image {src}; "
                                  f"choose another output name")
     device = resolve_cli_device(args.device)
+    precision = check_precision(_opt(args, "precision") or "fp32", device)
     content = load_input(args.content, args.content_size, "content image")
     style_scale = _opt(args, "style_scale")
     if style_scale is not None:  # never load more pixels than the run will use
@@ -466,11 +477,11 @@ def cmd_run(args):
         pooling=_opt(args, "pooling") or "max",
         preserve_colors=_opt(args, "preserve_colors", "none"), multiscale=multiscale,
         min_size=min_size if multiscale else None,
-        iterations_per_scale=iterations if multiscale else None)
+        iterations_per_scale=iterations if multiscale else None, precision=precision)
     style = styles[0] if len(styles) == 1 else styles
     # the API's own checks, before the (slow) weights load
     check_arguments(content, style, num_iterations=iterations,
-                    **{k: v for k, v in options.items() if k != "seed"})
+                    **{k: v for k, v in options.items() if k not in ("seed", "precision")})
     announce = getattr(args, "announce", None)  # the demo says what it is doing
     if announce:
         _say(announce.format(content=content, style=styles[0], device=device,
@@ -495,7 +506,7 @@ def cmd_demo(args):
         content=str(content_path), style=str(style_path), output=str(out),
         preset=preset, style_strength=args.style_strength, iterations=iterations,
         seed=args.seed, content_size=args.content_size or DEMO_CONTENT_SIZE[device],
-        style_size=None, device=device, save_every=None,
+        style_size=None, device=device, precision=args.precision, save_every=None,
         sheet=str(sheet) if sheet else None, quiet=args.quiet,
         announce=(f"demo: {content_path.name} ({{content.shape[1]}}x{{content.shape[0]}}) "
                   f"in the style of {style_path.name} ({{style.shape[1]}}x"
@@ -821,6 +832,11 @@ def _describe(values):
 def _device_option(p):
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="auto: the GPU if CuPy and a CUDA device are usable")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32: full precision, the only one on the CPU. tf32, bf16: "
+                        "GPU-only fast modes: tensor cores multiply operands rounded to "
+                        "10 (tf32) or 7 (bf16) mantissa bits and sum in fp32 (the image "
+                        "and losses stay fp32): faster, each step a little less exact")
 
 
 # ---------------------------------------------------------------- entry point

@@ -23,6 +23,7 @@ from PIL import Image
 import cpstyle
 from cpstyle import cli, presets, weights
 from cpstyle.driver import Progress
+from cpstyle.gpu_engine import PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,6 +162,7 @@ def test_header_claims_30000x30000(capsys, pics, tmp_path, no_model):
     ("--trace", "t.txt", ("--trace", "json")),
     ("--style-scale", "0.1", ("style_scale", "at least 16")),
     ("--lbfgs-history", "0", ("--lbfgs-history", ">= 1")),
+    ("--precision", "fp16", ("--precision", "invalid choice", "fp16")),
 ])
 def test_bad_option(capsys, pics, tmp_path, no_model, option, value, words):
     # "--opt=value" so that argparse reads "-1" as a value, as a user would hope;
@@ -216,6 +218,24 @@ def test_gpu_asked_for_without_one(capsys, pics, tmp_path, no_model):
         pytest.skip("a GPU is usable here")
     assert_user_error(*run_cli(capsys, *run_args(pics, tmp_path, "--device", "gpu")),
                       "--device gpu", "--device cpu")
+
+
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "fp32"])
+def test_fast_precision_on_the_cpu(capsys, pics, tmp_path, no_model, precision):
+    line = assert_user_error(*run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu",
+                                                        "--precision", precision)),
+                             f"--precision {precision}", "needs a GPU", "--precision fp32")
+    assert not (tmp_path / "out.png").exists()
+    assert assert_user_error(*run_cli(capsys, "demo", "-o", tmp_path / "d.jpg", "--device",
+                                      "cpu", "--precision", precision)) == line
+
+
+def test_fast_precision_with_device_auto_and_no_gpu(capsys, pics, tmp_path, no_model):
+    from cpstyle.backend import gpu_available
+    if gpu_available():
+        pytest.skip("a GPU is usable here")
+    assert_user_error(*run_cli(capsys, *run_args(pics, tmp_path, "--precision", "tf32")),
+                      "--precision tf32", "needs a GPU")
 
 
 # ---------------------------------------------------------------- bad output paths
@@ -452,6 +472,46 @@ def test_new_options_reach_the_engine(capsys, pics, tmp_path, fake):
         ("avg", "before", "blend", 3.0)
     assert kw["style_scale"] == 1.5
     assert (kw["multiscale"], kw["min_size"], kw["iterations_per_scale"]) == (True, 16, 2)
+
+
+def test_precision_reaches_the_engine(capsys, pics, tmp_path, fake):
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet"))[0] == 0
+    assert fake.kwargs["precision"] == "fp32"  # the default
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
+                                     "--precision", "fp32"))[0] == 0
+    assert fake.kwargs["precision"] == "fp32"
+    assert run_cli(capsys, "demo", "-o", tmp_path / "d.jpg", "--device", "cpu",
+                   "--quiet")[0] == 0
+    assert fake.kwargs["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision_reaches_the_engine_on_a_gpu(capsys, pics, tmp_path, fake,
+                                                     monkeypatch, precision):
+    # The GPU as the CLI sees it (the engine is the fake): the option passes through.
+    monkeypatch.setattr(cli, "resolve_cli_device", lambda device: "gpu")
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--quiet", "--precision",
+                                             precision))
+    assert rc == 0, err
+    assert (fake.kwargs["device"], fake.kwargs["precision"]) == ("gpu", precision)
+    assert run_cli(capsys, "demo", "-o", tmp_path / "d.jpg", "--quiet", "--no-sheet",
+                   "--precision", precision)[0] == 0
+    assert fake.kwargs["precision"] == precision
+
+
+def test_precision_choices_are_the_engines(capsys):
+    """One list: whatever cpstyle.gpu_engine.PRECISIONS holds (bf16 included once the
+    engine has it) is what --precision offers, in run and demo, default fp32."""
+    assert PRECISIONS[0] == "fp32" and "tf32" in PRECISIONS
+    menu = "{" + ",".join(PRECISIONS) + "}"
+    for cmd in ("run", "demo"):
+        rc, out, err = run_cli(capsys, cmd, "--help")
+        assert rc == 0 and f"--precision {menu}" in out, out
+        assert "GPU-only" in out and "(default: fp32)" in out
+        argv = ["run", "c.png", "s.png", "-o", "o.png"] if cmd == "run" else ["demo"]
+        assert cli.build_parser().parse_args(argv).precision == "fp32"
+        for p in PRECISIONS:
+            assert cli.build_parser().parse_args(argv + ["--precision", p]).precision == p
 
 
 def test_init_from_a_file(capsys, pics, tmp_path, fake, rng):
