@@ -213,6 +213,8 @@ def candidates_for(shape, mode="full"):
                                      shape.out_channels, shape.pixels, table={}, gpu="") \
         == conv_igemm.NARROW_TILES
     cands = tuple(conv_igemm.NARROW_CANDIDATES if narrow else conv_igemm.CANDIDATES)
+    if mode == "full" and not narrow:  # split-K where the output has few tiles
+        cands += conv_igemm.split_candidates(shape.a_channels, shape.out_channels, shape.pixels)
     if mode == "quick":
         return cands[:2]
     if mode == "emulate":
@@ -221,8 +223,9 @@ def candidates_for(shape, mode="full"):
 
 
 def fmt_tiles(tiles):
-    bm, bn, bk, wm, wn = tiles
-    return f"{bm}x{bn}x{bk} w{wm}x{wn}"
+    bm, bn, bk, wm, wn = tiles[:5]
+    split = f" split{tiles[5]}" if len(tiles) == 6 and tiles[5] > 1 else ""
+    return f"{bm}x{bn}x{bk} w{wm}x{wn}{split}"
 
 
 # ---- choosing and the table ----------------------------------------------------
@@ -383,15 +386,20 @@ class Problem:
             self.w = normal(3, 3, cin, cout, scale=math.sqrt(2 / (9 * cin)))
             self.wflip = flip_kernel(self.w)
         self.out = xp.empty((1, s.h, s.w, s.out_channels), np.float32)
-        self.cols = self.dz = None
+        self.cols = self.dz = self.work = None
 
     def igemm(self, tiles, precision):
-        if self.shape.direction == "fwd":
+        s = self.shape
+        need = conv_igemm.splitk_work_size(tiles, s.out_channels, s.pixels)
+        if need and (self.work is None or self.work.size < need):  # made once, outside timing
+            self.work = self.xp.empty(need, np.float32)
+        work = self.work if need else None
+        if s.direction == "fwd":
             conv_igemm.conv_forward_igemm(self.x, self.w, self.b, out=self.out,
-                                          precision=precision, tiles=tiles)
+                                          precision=precision, tiles=tiles, work=work)
         else:
             conv_igemm.conv_backward_igemm(self.dout, (self.w, self.y), self.wflip, out=self.out,
-                                           precision=precision, tiles=tiles)
+                                           precision=precision, tiles=tiles, work=work)
 
     def im2col(self):
         """ops/conv.py's GPU path (its precision: the caller's matmul_precision),

@@ -135,18 +135,28 @@ class GpuStyleTransfer:
                 self.argmax.append(None)
         # per conv: (forward, backward) on the igemm kernels? Where the tuner's
         # table says im2col was faster on this GPU, that conv keeps im2col.
-        self.igemm = []
+        # Their tiles (from the same table) are fixed here, with one split-K work
+        # buffer for the largest need: no allocation inside the loop.
+        self.igemm, self.tiles = [], []
+        split_work = 0
         hh, ww = h, w
         for i in range(self.depth):
             cin, cout = model.kernels[i].shape[2:]
             if self.conv == "igemm":
-                from .ops.conv_igemm import prefers_im2col
-                self.igemm.append((not prefers_im2col("fwd", precision, cin, cout, hh * ww),
-                                   not prefers_im2col("bwd", precision, cout, cin, hh * ww)))
+                from .ops.conv_igemm import prefers_im2col, select_tiles, splitk_work_size
+                px = hh * ww
+                self.igemm.append((not prefers_im2col("fwd", precision, cin, cout, px),
+                                   not prefers_im2col("bwd", precision, cout, cin, px)))
+                self.tiles.append((select_tiles("fwd", precision, cin, cout, px),
+                                   select_tiles("bwd", precision, cout, cin, px)))
+                split_work = max(split_work, splitk_work_size(self.tiles[i][0], cout, px),
+                                 splitk_work_size(self.tiles[i][1], cin, px))
             else:
                 self.igemm.append((False, False))
+                self.tiles.append((None, None))
             if i in layers.POOL_AFTER:
                 hh, ww = hh // 2, ww // 2
+        self.split_work = cp.empty(split_work, f32) if split_work else None
         if not all(f and b for f, b in self.igemm):  # the implicit GEMM needs neither
             self.cols = cp.empty(cols, f32)
             self.dz = cp.empty(max(a.size for a in self.acts), f32)
@@ -208,7 +218,8 @@ class GpuStyleTransfer:
         for i in range(self.depth):
             if self.igemm[i][0]:
                 conv_forward_igemm(h, m.kernels[i], m.biases[i], out=self.acts[i],
-                                   precision=self.precision)
+                                   precision=self.precision, tiles=self.tiles[i][0],
+                                   work=self.split_work)
             else:
                 rows = h.shape[1] * h.shape[2]
                 conv_forward_gpu(h, m.kernels[i], m.biases[i], out=self.acts[i],
@@ -263,7 +274,8 @@ class GpuStyleTransfer:
                     dh += dtaps[i]
             if self.igemm[i][1]:
                 dh = conv_backward_igemm(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
-                                         out=self.gin[i], precision=self.precision)
+                                         out=self.gin[i], precision=self.precision,
+                                         tiles=self.tiles[i][1], work=self.split_work)
             else:
                 rows = dh.shape[1] * dh.shape[2]
                 dh = conv_backward_gpu(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],

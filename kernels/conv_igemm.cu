@@ -16,6 +16,17 @@
 //       dx = A'·B'  with A' gathered from dz = dout ⊙ [y > 0] (the ReLU mask applied
 //       as the tile is loaded) and B' = wflip (3, 3, Cout, Cin) = w flipped in space,
 //       Cin and Cout swapped: dx[i, j] = Σ dz[i+1-ky, j+1-kx]·w[ky, kx]ᵀ (stride 1, pad 1)
+//   conv_igemm_forward_splitk_kernel(float* part, const float* x, const float* w,
+//                                    int N, int H, int W, int Cin, int Cout, int splits)
+//   conv_igemm_backward_splitk_kernel(float* part, const float* dout, const float* y,
+//                                     const float* wflip, int N, int H, int W, int Cout, int Cin,
+//                                     int splits)
+//       split-K (grid.z = splits): block z sums its share of the K stages into
+//       part[z] (splits, M, Nc), raw; for layers with too few output tiles for the SMs
+//   splitk_sum_kernel(float* out, const float* part, int n, int splits)
+//   splitk_sum_bias_relu_kernel(float* out, const float* part, const float* b, int n,
+//                               int cols, int splits)
+//       out = Σ_z part[z] (then max(· + b, 0) per column): any 1-D block size
 //
 // Tiles: each block computes a BM x BN tile of the output with WARPS_M x WARPS_N warps
 // (32*WARPS_M*WARPS_N threads: the launch must use exactly that), each warp a
@@ -284,11 +295,13 @@ __device__ __forceinline__ void ig_compute(float (&acc)[IG_MT][IG_NT][4],
 
 // The whole GEMM of one block: out[p, n] = epilogue(Σ_k A[p, k]·wm[k, n]).
 // src/ysrc: the A source (C channels) and, with MASK, its ReLU mask source.
+// splits > 1: block z sums only its share of the K stages and writes the raw sums
+// to out + z*M*Nc (split-K; a reduce kernel finishes them).
 template <bool MASK, bool BIAS_RELU>
 __device__ __forceinline__ void ig_conv(float* __restrict__ out, const float* __restrict__ src,
                                         const float* __restrict__ ysrc, const float* __restrict__ wm,
                                         const float* __restrict__ bias, int N, int H, int W, int C,
-                                        int Nc) {
+                                        int Nc, int splits) {
     __shared__ float As[2][BM][BK + IG_APAD];
     __shared__ float Bs[2][BK][BN + IG_BPAD];
     const int M = N * H * W, K = 9 * C;
@@ -306,15 +319,22 @@ __device__ __forceinline__ void ig_conv(float* __restrict__ out, const float* __
     ig_rows(rows, m0, M, H, W, C);
     IgStage st;
     const int stages = (K + BK - 1) / BK;
-    ig_load<MASK>(st, rows, src, ysrc, wm, 0, K, H, W, C, Nc, n0);
-    ig_store(As[0], Bs[0], st);
-    __syncthreads();
-    for (int s = 0; s < stages; ++s) {
-        const bool more = s + 1 < stages;
+    const int per = (stages + splits - 1) / splits;  // this block's stages: s0 .. s1-1
+    const int s0 = (int)blockIdx.z * per < stages ? (int)blockIdx.z * per : stages;
+    const int s1 = s0 + per < stages ? s0 + per : stages;
+    if (splits > 1) out += (long long)blockIdx.z * M * Nc;
+    if (s0 < s1) {  // the same for every thread of the block (an empty split writes zeros)
+        ig_load<MASK>(st, rows, src, ysrc, wm, s0 * BK, K, H, W, C, Nc, n0);
+        ig_store(As[0], Bs[0], st);
+        __syncthreads();
+    }
+    for (int s = s0; s < s1; ++s) {
+        const int b = (s - s0) & 1;
+        const bool more = s + 1 < s1;
         if (more) ig_load<MASK>(st, rows, src, ysrc, wm, (s + 1) * BK, K, H, W, C, Nc, n0);
-        ig_compute(acc, As[s & 1], Bs[s & 1], wm0, wn0);
+        ig_compute(acc, As[b], Bs[b], wm0, wn0);
         // The other stage was last read before the previous __syncthreads.
-        if (more) ig_store(As[(s + 1) & 1], Bs[(s + 1) & 1], st);
+        if (more) ig_store(As[b ^ 1], Bs[b ^ 1], st);
         __syncthreads();
     }
     const int lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
@@ -332,7 +352,7 @@ __device__ __forceinline__ void ig_conv(float* __restrict__ out, const float* __
                 for (int e = 0; e < 2; ++e) {
                     if (n + e >= Nc) continue;
                     float v = acc[mt][nt][2 * half + e];
-                    if (BIAS_RELU) v = fmaxf(v + bias[n + e], 0.f);
+                    if (BIAS_RELU && splits == 1) v = fmaxf(v + bias[n + e], 0.f);
                     row[n + e] = v;
                 }
             }
@@ -342,11 +362,43 @@ __device__ __forceinline__ void ig_conv(float* __restrict__ out, const float* __
 extern "C" __global__ void __launch_bounds__(IG_THREADS)
 conv_igemm_forward_kernel(float* y, const float* x, const float* w, const float* b,
                           int N, int H, int W, int Cin, int Cout) {
-    ig_conv<false, true>(y, x, nullptr, w, b, N, H, W, Cin, Cout);
+    ig_conv<false, true>(y, x, nullptr, w, b, N, H, W, Cin, Cout, 1);
 }
 
 extern "C" __global__ void __launch_bounds__(IG_THREADS)
 conv_igemm_backward_kernel(float* dx, const float* dout, const float* y, const float* wflip,
                            int N, int H, int W, int Cout, int Cin) {
-    ig_conv<true, false>(dx, dout, y, wflip, nullptr, N, H, W, Cout, Cin);
+    ig_conv<true, false>(dx, dout, y, wflip, nullptr, N, H, W, Cout, Cin, 1);
+}
+
+extern "C" __global__ void __launch_bounds__(IG_THREADS)
+conv_igemm_forward_splitk_kernel(float* part, const float* x, const float* w,
+                                 int N, int H, int W, int Cin, int Cout, int splits) {
+    ig_conv<false, true>(part, x, nullptr, w, nullptr, N, H, W, Cin, Cout, splits);
+}
+
+extern "C" __global__ void __launch_bounds__(IG_THREADS)
+conv_igemm_backward_splitk_kernel(float* part, const float* dout, const float* y,
+                                  const float* wflip, int N, int H, int W, int Cout, int Cin,
+                                  int splits) {
+    ig_conv<true, false>(part, dout, y, wflip, nullptr, N, H, W, Cout, Cin, splits);
+}
+
+// Split-K's second pass, one thread per output element, the splits summed in order
+// (the same result every run).
+extern "C" __global__ void splitk_sum_kernel(float* out, const float* part, int n, int splits) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = part[i];
+    for (int z = 1; z < splits; ++z) v += part[(long long)z * n + i];
+    out[i] = v;
+}
+
+extern "C" __global__ void splitk_sum_bias_relu_kernel(float* out, const float* part, const float* b,
+                                                       int n, int cols, int splits) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = part[i];
+    for (int z = 1; z < splits; ++z) v += part[(long long)z * n + i];
+    out[i] = fmaxf(v + b[i % cols], 0.f);
 }

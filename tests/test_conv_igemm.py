@@ -11,7 +11,10 @@ def test_every_candidate_passes_the_kernel_rules():
     for tiles in conv_igemm.CANDIDATES + conv_igemm.NARROW_CANDIDATES + \
             (conv_igemm.DEFAULT_TILES, conv_igemm.NARROW_TILES):
         for prec in conv_igemm.PRECISIONS:
-            assert conv_igemm.check_tiles(tiles, prec) == tiles
+            assert conv_igemm.check_tiles(tiles, prec) == tuple(tiles) + (1,)
+            assert conv_igemm.check_tiles(tuple(tiles) + (4,), prec)[5] == 4
+    assert conv_igemm.splitk_work_size((64, 64, 16, 2, 2, 4), 512, 1024) == 4 * 512 * 1024
+    assert conv_igemm.splitk_work_size((64, 64, 16, 2, 2), 512, 1024) == 0
 
 
 @pytest.mark.parametrize("tiles,precision,why", [
@@ -21,6 +24,8 @@ def test_every_candidate_passes_the_kernel_rules():
     ((16, 8, 8, 2, 2), "tf32", "multiple of 16\\*WARPS_M"),
     ((256, 128, 32, 4, 2), "tf32", "48 KB"),
     ((128, 8, 16, 8, 1), "tf32", "B tile"),
+    ((64, 64, 16, 2, 2, 0), "tf32", "positive"),
+    ((64, 64, 16, 2), "tf32", "need"),
 ])
 def test_bad_tiles_say_which_rule(tiles, precision, why):
     with pytest.raises(ValueError, match=why):
@@ -98,3 +103,12 @@ def test_engine_keeps_im2col_where_the_table_says(monkeypatch, rng):
     eng32 = GpuStyleTransfer(model, content, content, [4], [0, 4], 1.5, 10.0, 0.3,
                              precision="bf16")
     assert all(p == (True, True) for p in eng32.igemm) and not hasattr(eng32, "cols")
+
+
+def test_split_candidates_only_where_tiles_are_few():
+    conv5 = conv_igemm.split_candidates(512, 512, 32 * 32)      # conv5_x at 512²
+    assert conv5 and all(len(t) == 6 and t[5] > 1 for t in conv5)
+    for t in conv5:
+        conv_igemm.check_tiles(t, "bf16")
+    assert conv_igemm.split_candidates(64, 64, 512 * 512) == ()  # conv1_2: plenty of tiles
+    assert conv_igemm.split_candidates(3, 64, 16 * 16) == ()    # K = 27: too few stages

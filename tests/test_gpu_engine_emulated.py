@@ -20,14 +20,17 @@ def emulator():
 
 # lowering "all": every conv in the col2im form where it has no more columns
 # (what bench.profile_ops --col2im all times on a GPU), not only conv1_1's backward
-# lowering "igemm": every conv by kernels/conv_igemm.cu in fp32 (3xTF32), small tiles
+# lowering "igemm": every conv by kernels/conv_igemm.cu in fp32 (3xTF32), small tiles,
+# the forward split-K
 @pytest.mark.parametrize("gram_norm, lowering", [("none", "default"), ("hw", "default"),
                                                  ("none", "all"), ("hw", "igemm")])
 def test_emulated_engine_matches_reference_loop(gram_norm, lowering, emulator, rng, monkeypatch):
     conv_impl = "igemm" if lowering == "igemm" else "im2col"
     if conv_impl == "igemm":
         from cpstyle.ops import conv_igemm
-        monkeypatch.setattr(conv_igemm, "select_tiles", lambda *a, **k: (32, 16, 16, 2, 1))
+        # split-K forward (2 splits), one warp's tiles backward
+        monkeypatch.setattr(conv_igemm, "select_tiles", lambda d, *a, **k:
+                            (32, 16, 16, 2, 1, 2) if d == "fwd" else (16, 8, 16, 1, 1))
     if lowering == "all":
         from cpstyle.ops import conv
         monkeypatch.setattr(conv, "gpu_backward_uses_col2im", lambda cin, cout: cin <= cout)
@@ -56,7 +59,8 @@ def test_emulated_engine_matches_reference_loop(gram_norm, lowering, emulator, r
     assert_close(out, ref, atol=1e-2, rtol=0, what="final image")
     kernels = ["maxpool_backward_kernel", "update_kernel", "adj_weights_kernel"]
     if conv_impl == "igemm":
-        kernels += ["conv_igemm_forward_kernel", "conv_igemm_backward_kernel"]
+        kernels += ["conv_igemm_forward_splitk_kernel", "splitk_sum_bias_relu_kernel",
+                    "conv_igemm_backward_kernel"]
         assert "im2col_kernel" not in emulator.launched and eng.conv == "igemm"
         assert not hasattr(eng, "cols")  # no im2col buffer
     else:

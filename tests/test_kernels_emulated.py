@@ -617,3 +617,25 @@ def test_conv_igemm_default_tiles(emu, rng, precision):
                                         precision=precision)
     _igemm_check(dx, dout * (y > 0), flip_kernel(wt), None, precision,
                  f"igemm backward {precision} default tiles")
+
+
+# split-K: SPLITS blocks per output tile, each a share of the K stages, then the sum
+# (with bias + ReLU forward). K = 27 in 2 stages over 3 splits leaves one split empty.
+@covers("conv_igemm_forward_splitk_kernel", "conv_igemm_backward_splitk_kernel",
+        "splitk_sum_kernel", "splitk_sum_bias_relu_kernel")
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+@pytest.mark.parametrize("tiles", [(16, 8, 16, 1, 1, 3), (32, 16, 16, 2, 1, 2)], ids=str)
+@pytest.mark.parametrize("shape,cout", [((1, 5, 7, 3), 5), ((1, 9, 6, 16), 20)])
+def test_conv_igemm_splitk(emu, rng, shape, cout, tiles, precision):
+    x, wt, b = _igemm_operands(rng, shape, cout)
+    n, h, w, cin = shape
+    work = nan_like(conv_igemm.splitk_work_size(tiles, cout, n * h * w) + 3)
+    y, cache = conv_igemm.conv_forward_igemm(x, wt, b, out=nan_like((n, h, w, cout)),
+                                             precision=precision, tiles=tiles, work=work)
+    _igemm_check(y, x, wt, b, precision, f"igemm split-K forward {precision} {tiles}")
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    work = nan_like(conv_igemm.splitk_work_size(tiles, cin, n * h * w))
+    dx = conv_igemm.conv_backward_igemm(dout, cache, flip_kernel(wt), out=nan_like(shape),
+                                        precision=precision, tiles=tiles, work=work)
+    _igemm_check(dx, dout * (y > 0), flip_kernel(wt), None, precision,
+                 f"igemm split-K backward {precision} {tiles}")

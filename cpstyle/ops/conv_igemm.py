@@ -33,7 +33,9 @@ PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2}  # -> the kernel's PREC
 # one, about 2^-21 together.
 ERROR_BOUND = {"fp32": 2.0 ** -20, "tf32": 2 * 2.0 ** -11, "bf16": 2 * 2.0 ** -8}
 
-# (BM, BN, BK, WARPS_M, WARPS_N): the block's output tile, K per stage, warps.
+# (BM, BN, BK, WARPS_M, WARPS_N[, SPLITS]): the block's output tile, K per stage,
+# warps, and split-K (SPLITS blocks share each output tile's K; a second kernel
+# sums them: for layers with fewer output tiles than the GPU has SMs).
 DEFAULT_TILES = (128, 64, 16, 2, 2)
 NARROW_TILES = (128, 8, 16, 4, 1)   # output channels <= 8 (conv1_1's backward: 3)
 # What the tuner times (bench/tune_conv.py); every one fits 48 KB of static shared memory.
@@ -47,17 +49,38 @@ CANDIDATES = (
     (64, 32, 16, 2, 1),
 )
 NARROW_CANDIDATES = ((128, 8, 16, 4, 1), (64, 8, 16, 2, 1), (32, 8, 16, 1, 1), (64, 16, 16, 4, 1))
+# Split-K, tried where a shape has fewer output tiles than SPLIT_BELOW (2 per SM
+# of an H100/H200's 132) and at least 4 K stages per split: conv5 at 512² has
+# 32 tiles of 128x128.
+SPLIT_BASES = ((64, 64, 16, 2, 2), (128, 64, 16, 2, 2), (64, 128, 16, 2, 2))
+SPLITS = (2, 4, 8)
+SPLIT_BELOW = 264
+
+
+def split_candidates(a_channels, out_channels, pixels):
+    """The split-K tile sets worth timing for this shape (bench/tune_conv.py)."""
+    out = []
+    for t in SPLIT_BASES:
+        tiles = math.ceil(pixels / t[0]) * math.ceil(out_channels / t[1])
+        stages = math.ceil(9 * a_channels / t[2])
+        out += [t + (k,) for k in SPLITS if tiles < SPLIT_BELOW and stages >= 4 * k]
+    return tuple(out)
 TABLE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "data", "conv_tiles.json")
 
 
 def check_tiles(tiles, precision):
-    """tiles -> the same tuple, or ValueError saying which rule it breaks (the
+    """tiles (BM, BN, BK, WARPS_M, WARPS_N[, SPLITS]) -> the same as a 6-tuple
+    (SPLITS 1 when not given), or ValueError saying which rule it breaks (the
     kernel's static_asserts, checked before a compile)."""
-    bm, bn, bk, wm, wn = (int(v) for v in tiles)
+    if len(tiles) not in (5, 6):
+        raise ValueError(f"conv tiles {tuple(tiles)}: need (BM, BN, BK, WARPS_M, WARPS_N[, SPLITS])")
+    bm, bn, bk, wm, wn = (int(v) for v in tiles[:5])
+    splits = int(tiles[5]) if len(tiles) == 6 else 1
     threads = 32 * wm * wn
     kstep = 16 if precision == "bf16" else 8
     rules = [
+        (min(bm, bn, bk, wm, wn) > 0 and splits >= 1, "every size must be positive"),
         (bm % (16 * wm) == 0, "BM must be a multiple of 16*WARPS_M"),
         (bn % (8 * wn) == 0, "BN must be a multiple of 8*WARPS_N"),
         (bk % kstep == 0, f"BK must be a multiple of {kstep}"),
@@ -68,7 +91,7 @@ def check_tiles(tiles, precision):
     for ok, why in rules:
         if not ok:
             raise ValueError(f"conv tiles {tuple(tiles)}: {why}")
-    return (bm, bn, bk, wm, wn)
+    return (bm, bn, bk, wm, wn, splits)
 
 
 def _splits(rows, cols, vec, threads):
@@ -82,7 +105,7 @@ def defines(tiles, precision, a_channels, out_channels):
     """The kernel's defines for one launch shape."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {tuple(PRECISIONS)}")
-    bm, bn, bk, wm, wn = check_tiles(tiles, precision)
+    bm, bn, bk, wm, wn, _ = check_tiles(tiles, precision)
     threads = 32 * wm * wn
     # float4 loads where the rows are whole vectors of aligned channels
     vec_a = 4 if a_channels % 4 == 0 and _splits(bm, bk, 4, threads) else 1
@@ -146,19 +169,46 @@ def prefers_im2col(direction, precision, a_channels, out_channels, pixels, table
     return any(key in table.get(k, {}).get(gpu, []) for k in ("im2col_faster", "igemm_failed"))
 
 
-def _launch(kname, out, args, a_channels, out_channels, pixels, precision, tiles, direction):
+def splitk_work_size(tiles, out_channels, pixels):
+    """Floats of split-K work buffer a launch with these tiles needs (0: none)."""
+    splits = tiles[5] if len(tiles) == 6 else 1
+    return splits * pixels * out_channels if splits > 1 else 0
+
+
+def _launch(kname, out, args, a_channels, out_channels, pixels, precision, tiles, direction,
+            bias=None, work=None):
+    """The conv kernel, or with SPLITS > 1 its split-K form into `work` (a buffer
+    of at least splitk_work_size floats; made here when None) and the sum."""
     tiles = select_tiles(direction, precision, a_channels, out_channels, pixels) \
         if tiles is None else tiles
+    splits = check_tiles(tiles, precision)[5]
     d = defines(tiles, precision, a_channels, out_channels)
-    grid = (cuda.ceil_div(pixels, d["BM"]), cuda.ceil_div(out_channels, d["BN"]))
-    cuda.launch(cuda.get_kernel("conv_igemm", kname, d), grid, 32 * d["WARPS_M"] * d["WARPS_N"],
-                (out, *args))
+    grid = (cuda.ceil_div(pixels, d["BM"]), cuda.ceil_div(out_channels, d["BN"]), splits)
+    threads = 32 * d["WARPS_M"] * d["WARPS_N"]
+    if splits == 1:
+        cuda.launch(cuda.get_kernel("conv_igemm", kname, d), grid, threads, (out, *args))
+        return out
+    xp = get_array_module(out)
+    part = cuda.work_view(xp, work, (splits, pixels, out_channels), what="split-K work")
+    kname = kname.replace("_kernel", "_splitk_kernel")
+    fargs = args if bias is None else tuple(a for a in args if a is not bias)
+    cuda.launch(cuda.get_kernel("conv_igemm", kname, d), grid, threads,
+                (part, *fargs, cuda.i32(splits)))
+    n = pixels * out_channels
+    blk = cuda.config["block"]
+    if bias is None:
+        cuda.launch(cuda.get_kernel("conv_igemm", "splitk_sum_kernel", d), cuda.ceil_div(n, blk),
+                    blk, (out, part, cuda.i32(n), cuda.i32(splits)))
+    else:
+        cuda.launch(cuda.get_kernel("conv_igemm", "splitk_sum_bias_relu_kernel", d),
+                    cuda.ceil_div(n, blk), blk,
+                    (out, part, bias, cuda.i32(n), cuda.i32(out_channels), cuda.i32(splits)))
     return out
 
 
-def conv_forward_igemm(x, w, b, out=None, precision="tf32", tiles=None):
+def conv_forward_igemm(x, w, b, out=None, precision="tf32", tiles=None, work=None):
     """x (N, H, W, Cin), w (3, 3, Cin, Cout), b (Cout,) float32 -> y, cache (w, y):
-    conv_forward_cpu's result in one kernel."""
+    conv_forward_cpu's result in one kernel (two with split-K: `work`, see _launch)."""
     xp = get_array_module(x)
     n, h, wd, cin = x.shape
     cout = w.shape[3]
@@ -167,13 +217,13 @@ def conv_forward_igemm(x, w, b, out=None, precision="tf32", tiles=None):
     y = cuda.out_array(xp, out, (n, h, wd, cout))
     _launch("conv_igemm_forward_kernel", y,
             (x, w, b, cuda.i32(n), cuda.i32(h), cuda.i32(wd), cuda.i32(cin), cuda.i32(cout)),
-            cin, cout, n * h * wd, precision, tiles, "fwd")
+            cin, cout, n * h * wd, precision, tiles, "fwd", bias=b, work=work)
     return y, (w, y)
 
 
-def conv_backward_igemm(dout, cache, wflip, out=None, precision="tf32", tiles=None):
+def conv_backward_igemm(dout, cache, wflip, out=None, precision="tf32", tiles=None, work=None):
     """dout (N, H, W, Cout), cache (w, y) of the forward, wflip = flip_kernel(w)
-    -> dx (N, H, W, Cin): conv_backward_cpu's result in one kernel."""
+    -> dx (N, H, W, Cin): conv_backward_cpu's result in one kernel (two with split-K)."""
     xp = get_array_module(dout)
     w, y = cache
     n, h, wd, cout = dout.shape
@@ -184,7 +234,7 @@ def conv_backward_igemm(dout, cache, wflip, out=None, precision="tf32", tiles=No
     dx = cuda.out_array(xp, out, (n, h, wd, cin))
     _launch("conv_igemm_backward_kernel", dx,
             (dout, y, wflip, cuda.i32(n), cuda.i32(h), cuda.i32(wd), cuda.i32(cout), cuda.i32(cin)),
-            cout, cin, n * h * wd, precision, tiles, "bwd")
+            cout, cin, n * h * wd, precision, tiles, "bwd", work=work)
     return dx
 
 
