@@ -116,14 +116,11 @@ class GpuStyleTransfer:
         self.h0 = cp.empty_like(self.x)      # pre-processed input
         self.dh0 = cp.empty_like(self.x)     # its gradient
         self.acts, self.pooled, self.argmax = [], [], []
-        self.gact, self.gin = [], []         # dL/d(conv output), dL/d(conv input)
         cols = 0
         hh, ww = h, w
         for i in range(self.depth):
             cin, cout = model.kernels[i].shape[2:]
             self.acts.append(cp.empty((1, hh, ww, cout), f32))
-            self.gact.append(cp.empty((1, hh, ww, cout), f32))
-            self.gin.append(cp.empty((1, hh, ww, cin), f32))
             cols = max(cols, hh * ww * 9 * max(cin, cout))
             if i in layers.POOL_AFTER and i < self.depth - 1:
                 self.pooled.append(cp.empty((1, hh // 2, ww // 2, cout), f32))
@@ -133,6 +130,24 @@ class GpuStyleTransfer:
             else:
                 self.pooled.append(None)
                 self.argmax.append(None)
+        # dL/d(conv output) after a pool's backward (gact) and dL/d(conv input)
+        # (gin): each pass of the backward reads the previous one's output and
+        # writes the other of two buffers (DESIGN.md §9: two of the largest layer,
+        # not a gradient per layer).
+        self.gact, self.gin = [None] * self.depth, [None] * self.depth
+        writes = []  # (list, layer, shape) in the backward's order
+        for i in range(self.depth - 1, -1, -1):
+            shape = self.acts[i].shape
+            if self.pooled[i] is not None:
+                writes.append((self.gact, i, shape))
+            writes.append((self.gin, i, shape[:3] + (model.kernels[i].shape[2],)))
+        size = max(int(np.prod(sh)) for _, _, sh in writes)
+        self._pingpong = (cp.empty(size, f32), cp.empty(size, f32))
+        self._gin_buffer = {}  # layer -> which of the two holds gin[layer]
+        for k, (lst, i, sh) in enumerate(writes):
+            lst[i] = self._pingpong[k % 2][:int(np.prod(sh))].reshape(sh)
+            if lst is self.gin:
+                self._gin_buffer[i] = k % 2
         # per conv: (forward, backward) on the igemm kernels? Where the tuner's
         # table says im2col was faster on this GPU, that conv keeps im2col.
         # Their tiles (from the same table) are fixed here, with one split-K work
@@ -171,17 +186,31 @@ class GpuStyleTransfer:
         for i, a_l in zip(self.content_ids, ref.content_layer_weights):
             p = ref.content_targets[i]
             self.content.append((i, p, cp.empty_like(p), a_l / p.size, 2.0 * a_l / p.size))
-        self.style = []     # (id, target, G, dG, dF, norm, mse scale, grad k)
+        self.style = []     # (id, target, G, dG, dF, norm, mse scale, grad k); dF: a view
+                            # into the backward's ping-pong buffers (see _style_grad_view)
         for i, b_l in zip(self.style_ids, ref.style_layer_weights):
             a = ref.style_targets[i]
             c = a.shape[-1]
             norm = gram_norm_factor(gram_norm, self.acts[i].shape)
             self.style.append((i, a, cp.empty_like(a), cp.empty_like(a),
-                               cp.empty_like(self.acts[i]), norm,
+                               self._style_grad_view(i), norm,
                                b_l / (c * c), 2.0 * b_l / (c * c)))
         self.partial = cp.empty(4096, np.float64)
         self.optimizer = make_device_optimizer(self.settings, self.x)
         self.marks = None  # a list: iteration() records (label, event) after each stage
+
+    def _style_grad_view(self, i):
+        """Where F·dG of style layer i goes: one of the two ping-pong buffers, as
+        layer i's activation. Layer i's conv backward writes gin[i] into one of
+        them, reading dh from the other: with a dh there (from above, or the
+        content's buffer), F·dG goes into gin[i]'s buffer and is added to dh
+        before the conv overwrites it; with none, into the other buffer, which
+        then is dh."""
+        shape = self.acts[i].shape
+        k = self._gin_buffer[i]
+        has_dh = i < self.depth - 1 or i in self.content_ids
+        buf = self._pingpong[k if has_dh else 1 - k]
+        return buf[:int(np.prod(shape))].reshape(shape)
 
     def _mark(self, label):
         if self.marks is not None:
@@ -248,16 +277,12 @@ class GpuStyleTransfer:
         dtaps = {}
         for i, p, d, _, k in self.content:
             dtaps[i] = scaled_diff_gpu(self.acts[i], p, self.coef[0:1], k, out=d)
+        style_dg = {}
         for i, a, g, dg, df, norm, _, k in self.style:
-            # dL/dF = norm·F·(dG + dGᵀ) = 2·norm·F·dG: G and A are symmetric
+            # dL/dF = norm·F·(dG + dGᵀ) = 2·norm·F·dG: G and A are symmetric;
+            # F·dG itself is made in the backward, into a ping-pong buffer
             scaled_diff_gpu(g, a, self.coef[1:2], 2.0 * norm * k, out=dg)
-            f = self.acts[i].reshape(-1, g.shape[-1])
-            cp.matmul(f, dg[0], out=df.reshape(f.shape))
-            self._mark(f"gram backward {i}")
-            if i in dtaps:
-                dtaps[i] += df
-            else:
-                dtaps[i] = df
+            style_dg[i] = (dg, df)
         dh = None
         for i in range(self.depth - 1, -1, -1):
             if self.pooled[i] is not None:
@@ -272,6 +297,15 @@ class GpuStyleTransfer:
                     dh = dtaps[i]
                 else:
                     dh += dtaps[i]
+            if i in style_dg:
+                dg, df = style_dg[i]
+                f = self.acts[i].reshape(-1, dg.shape[-1])
+                cp.matmul(f, dg[0], out=df.reshape(f.shape))
+                self._mark(f"gram backward {i}")
+                if dh is None:
+                    dh = df
+                else:
+                    dh += df
             if self.igemm[i][1]:
                 dh = conv_backward_igemm(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
                                          out=self.gin[i], precision=self.precision,

@@ -20,10 +20,13 @@ def emulator():
 
 # lowering "all": every conv in the col2im form where it has no more columns
 # (what bench.profile_ops --col2im all times on a GPU), not only conv1_1's backward
+# "every layer": the default lowering on the tutorial's layers (a style layer at every
+# depth, so every case of the backward's ping-pong buffers);
 # lowering "igemm": every conv by kernels/conv_igemm.cu in fp32 (3xTF32), small tiles,
 # the forward split-K
 @pytest.mark.parametrize("gram_norm, lowering", [("none", "default"), ("hw", "default"),
-                                                 ("none", "all"), ("hw", "igemm")])
+                                                 ("none", "all"), ("hw", "igemm"),
+                                                 ("none", "every layer")])
 def test_emulated_engine_matches_reference_loop(gram_norm, lowering, emulator, rng, monkeypatch):
     conv_impl = "igemm" if lowering == "igemm" else "im2col"
     if conv_impl == "igemm":
@@ -39,6 +42,8 @@ def test_emulated_engine_matches_reference_loop(gram_norm, lowering, emulator, r
     content = rng.uniform(0, 255, (17, 21, 3)).astype(np.float32)
     style = rng.uniform(0, 255, (16, 19, 3)).astype(np.float32)
     layers = dict(content_layer_ids=[4, 9], style_layer_ids=[0, 4, 12])
+    if lowering == "every layer":  # the tutorial's: a style gradient beside every pool's
+        layers = dict(content_layer_ids=[4], style_layer_ids=list(range(13)))
     seen_ref, seen_emu = [], []
     ref = cpstyle.style_transfer(content, style, num_iterations=3, seed=2, model=model,
                                  callback=seen_ref.append, callback_every=2,
