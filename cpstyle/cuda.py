@@ -235,6 +235,11 @@ def get_kernel(name, kernel_name, defines=None):
     return k
 
 
+def emulating():
+    """Is the CPU emulation installed (NumPy launches go to it)?"""
+    return _emulator is not None
+
+
 def set_emulator(emulator):
     """Install (or with None remove) a CPU emulator: launches whose array
     arguments are NumPy arrays go to `emulator(kernel, grid, block, args)`."""

@@ -96,9 +96,11 @@ class GpuStyleTransfer:
         self.cp, self.model = cp, model
         with matmul_precision(precision, cp):
             # Targets once, through the reference path on the device.
+            # igemm: the targets' forward too (no im2col columns at any point)
+            tmodel = model.with_igemm(precision) if self.conv == "igemm" else model
             self.ref = StyleObjective(content, style, content_layer_ids, style_layer_ids,
                                       weight_content, weight_style, weight_denoise,
-                                      model=model, gram_norm=gram_norm,
+                                      model=tmodel, gram_norm=gram_norm,
                                       content_layer_weights=content_layer_weights,
                                       style_layer_weights=style_layer_weights,
                                       style_blend_weights=style_blend_weights,

@@ -14,10 +14,11 @@ import copy
 
 import numpy as np
 
-from . import layers
+from . import cuda, layers
 from .backend import resolve_device, to_device, xp_for
 from .ops.conv import (conv_forward_cpu, conv_input_grad_cpu, flip_kernel, gemm_weights,
                        relu_backward_cpu, relu_epilogue)
+from .ops.conv_igemm import conv_forward_igemm
 from .ops.parallel import get as buffer
 from .ops.pool import (POOLINGS, avgpool_backward_cpu, avgpool_forward_cpu,
                        maxpool_backward_cpu, maxpool_forward_cpu)
@@ -32,6 +33,7 @@ class VGG16:
     def __init__(self, params, preprocessing="torch", mean=(0.485, 0.456, 0.406),
                  std=(0.229, 0.224, 0.225), device="cpu", dtype=np.float32, pooling="max"):
         self.pooling = check_pooling(pooling)
+        self.igemm_precision = None  # with_igemm: the forward's convs on conv_igemm.cu
         self.device = resolve_device(device)
         self.xp = xp_for(self.device)
         self.dtype = np.dtype(dtype)
@@ -64,6 +66,14 @@ class VGG16:
         other.pooling = pooling
         return other
 
+    def with_igemm(self, precision):
+        """This net with its forward's convolutions on the implicit-GEMM kernels in
+        `precision` (float32 on a GPU, or under the kernel emulation): the GPU
+        engine's targets then take no im2col columns either (weights shared)."""
+        other = copy.copy(self)
+        other.igemm_precision = precision
+        return other
+
     @property
     def num_layers(self):
         return len(self.kernels)
@@ -90,9 +100,15 @@ class VGG16:
         caches, taps = [], {}
         for i in range(tap_ids[-1] + 1):
             shape = h.shape[:3] + (self.kernels[i].shape[3],)
-            h, conv_cache = conv_forward_cpu(h, self.kernels[i], self.biases[i],
-                                             self.kernels_flipped[i], wmat=self._gemm(i, 0),
-                                             out=buffer(ws, xp, ("y", i), shape, dt))
+            if self.igemm_precision is not None and dt == np.float32 and \
+                    (xp is not np or cuda.emulating()):
+                h, conv_cache = conv_forward_igemm(h, self.kernels[i], self.biases[i],
+                                                   out=buffer(ws, xp, ("y", i), shape, dt),
+                                                   precision=self.igemm_precision)
+            else:
+                h, conv_cache = conv_forward_cpu(h, self.kernels[i], self.biases[i],
+                                                 self.kernels_flipped[i], wmat=self._gemm(i, 0),
+                                                 out=buffer(ws, xp, ("y", i), shape, dt))
             if i in tap_ids:
                 taps[i] = h
             pool_cache = None

@@ -112,3 +112,27 @@ def test_split_candidates_only_where_tiles_are_few():
         conv_igemm.check_tiles(t, "bf16")
     assert conv_igemm.split_candidates(64, 64, 512 * 512) == ()  # conv1_2: plenty of tiles
     assert conv_igemm.split_candidates(3, 64, 16 * 16) == ()    # K = 27: too few stages
+
+
+def test_model_forward_on_igemm_matches_reference(rng):
+    """VGG16.with_igemm: the forward the GPU engine's targets take, under the
+    emulation, against the NumPy forward; float64 models and plain NumPy runs
+    keep the reference convs."""
+    from cpstyle import VGG16
+    from cpstyle.vgg16 import random_params
+    from emulation.harness import Emulator
+    from test_vgg16 import SMALL
+    model = VGG16(random_params(SMALL, np.random.default_rng(3)), device="cpu")
+    x = rng.uniform(0, 255, (1, 16, 18, 3)).astype(np.float32)
+    ref, _ = model.forward(x, [4, 9])
+    fast = model.with_igemm("fp32")
+    assert fast.igemm_precision == "fp32" and model.igemm_precision is None
+    assert fast.kernels is model.kernels
+    plain, _ = fast.forward(x, [4, 9])  # no emulator, NumPy: the reference convs
+    assert all(np.array_equal(plain[k], ref[k]) for k in ref)
+    emu = Emulator()
+    with emu.installed():
+        taps, _ = fast.forward(x, [4, 9])
+    assert emu.launched.count("conv_igemm_forward_kernel") == 10
+    for k in ref:
+        np.testing.assert_allclose(taps[k], ref[k], rtol=1e-4, atol=1e-4 * np.abs(ref[k]).max())
