@@ -1,7 +1,7 @@
 """One iteration of the tutorial objective on the CPU: cpstyle's NumPy reference
 against PyTorch (bench/torch_reference.py), same weights, same images, same x.
 
-    python -m bench.bench_cpu --sizes 256,512 --repeats 5 --processes 3
+    python -m bench.bench_cpu --sizes 256,512 --repeats 5 --processes 5
     python -m bench.bench_cpu --quick            # 64 px, 1 repeat
     python -m bench.bench_cpu --same-process     # both in this process (the old way)
 
@@ -21,17 +21,21 @@ and freed memory change what PyTorch's allocator page-faults, and the idle
 threads of one library spin while the other runs), which moved PyTorch's
 512x512 time by 20% with no change on its side. Only one worker runs at a time.
 A process's luck (where its memory lands) also moved PyTorch's 256x256 time by
-up to 15% from one process to the next, so each size gets --processes (3) fresh
-pairs of workers; the medians are over all their rounds, and the line ends with
-each pair's own ratio.
+up to 15% from one process to the next, so each size gets --processes (5) fresh
+pairs of workers. Each worker imports cpstyle and NumPy in a given order first
+(--import-order: cpstyle first as the CLI does, NumPy first as most scripts do;
+by default both, their pairs alternating). The ratio printed is the median of
+the pairs' own ratios (each pair: its cpstyle median over its torch median),
+followed by the spread of the pair ratios; the seconds are medians over all
+rounds.
 
 Checks first, per size: the three losses agree to 1e-3 relative and the gradients
 to a cosine similarity > 0.999; otherwise that size is not timed and the exit
 status is 1. Then a warm-up of each, and N interleaved rounds (cpstyle, torch,
 cpstyle, torch, ...); the median of each is printed as
 
-    cpu objective | 256x256 | cpstyle 0.531 s | torch 0.550 s | ratio 0.97 | ...
-        ... | per process pair 0.95 0.96 0.96 0.97 0.99
+    cpu objective | 256x256 | numpy first | ratio 0.97 (median pair) | cpstyle 0.531 s |
+        torch 0.550 s | ... GFLOP/s | pairs 5: 0.95..0.99 (0.95 0.96 0.97 0.99 0.96)
 """
 import argparse
 import os
@@ -104,14 +108,27 @@ def worker(side, n, images, layers):
     return 0
 
 
-class Worker:
-    """One side in its own process (python -m bench.bench_cpu --worker SIDE)."""
+# How a worker process starts: which of NumPy and cpstyle it imports first.
+# OpenBLAS reads its thread settings when NumPy loads, so the order a user's
+# script happens to use once moved cpstyle by 1.4x; both are benchmarked.
+IMPORT_ORDERS = {"cpstyle": "import cpstyle, numpy", "numpy": "import numpy, cpstyle"}
+WORKER_MAIN = "; import sys; from bench.bench_cpu import main; sys.exit(main(sys.argv[1:]))"
 
-    def __init__(self, side, n, images, layers):
+
+def worker_command(side, n, images, layers, order):
+    return [sys.executable, "-c", IMPORT_ORDERS[order] + WORKER_MAIN, "--worker", side,
+            "--sizes", str(n), "--images", images, "--layers", layers]
+
+
+class Worker:
+    """One side in its own fresh process (this module's main with --worker SIDE),
+    NumPy and cpstyle imported in `order` first."""
+
+    def __init__(self, side, n, images, layers, order="cpstyle"):
         self.side = side
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_cpu", "--worker", side, "--sizes", str(n),
-             "--images", images, "--layers", layers], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            worker_command(side, n, images, layers, order), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.used = self.reply().split()[1]
 
@@ -139,7 +156,7 @@ class Worker:
         self.proc.wait()
 
 
-def measure(n, repeats, images, same_process, layers="tutorial"):
+def measure(n, repeats, images, same_process, layers="tutorial", order="cpstyle"):
     """One pair of sides (a process each, or both here): check, then `repeats`
     interleaved rounds -> (ok, check text, images used, cpstyle times, torch times)."""
     if same_process:
@@ -149,7 +166,7 @@ def measure(n, repeats, images, same_process, layers="tutorial"):
         runs = {"c": lambda: timed(c_obj, x), "t": lambda: timed(t_obj, x)}
         stop = lambda: None  # noqa: E731
     else:
-        c, t = Worker("cpstyle", n, images, layers), Worker("torch", n, images, layers)
+        c, t = Worker("cpstyle", n, images, layers, order), Worker("torch", n, images, layers, order)
         used = c.used
         with tempfile.TemporaryDirectory() as tmp:
             ok, text = compare(c.result(os.path.join(tmp, "c.npz")),
@@ -179,8 +196,11 @@ def main(argv=None):
                         "conv4_2, style conv1_1 ... conv5_1")
     p.add_argument("--same-process", action="store_true",
                    help="time both sides in this process, not in two workers")
-    p.add_argument("--processes", type=int, default=3,
-                   help="fresh worker pairs per size, each timing --repeats rounds (default 3)")
+    p.add_argument("--processes", type=int, default=5,
+                   help="fresh worker pairs per size, each timing --repeats rounds (default 5)")
+    p.add_argument("--import-order", choices=["cpstyle", "numpy", "both"], default="both",
+                   help="which the workers import first, cpstyle or NumPy (most scripts); "
+                        "both: each in turn, the pairs of the two orders alternating")
     p.add_argument("--worker", choices=["cpstyle", "torch"], help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     sizes = [64] if opts.quick else [int(s) for s in opts.sizes.split(",") if s.strip()]
@@ -214,30 +234,47 @@ def main(argv=None):
         line += f" | env {blas['env']} (unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE to benchmark)"
     print(line, flush=True)
 
+    orders = ["cpstyle", "numpy"] if opts.import_order == "both" else [opts.import_order]
+    if opts.same_process:
+        orders = ["cpstyle"]  # this process imported cpstyle first (bench/__init__.py)
     failed = False
     for n in sizes:
-        cp_t, t_t, per_pair = [], [], []
+        got = {o: ([], [], []) for o in orders}  # order -> cpstyle times, torch times, pair ratios
+        ok = True
         for _ in range(pairs):
-            ok, text, used, c, t = measure(n, repeats, opts.images, opts.same_process, opts.layers)
-            verdict = "ok" if ok else "FAILED: not timed"
-            print(f"check | {n}x{n} | {used} images | {text} | {verdict}", flush=True)
+            for order in orders:  # the orders' pairs alternate: drift hits both alike
+                ok, text, used, c, t = measure(n, repeats, opts.images, opts.same_process,
+                                               opts.layers, order)
+                verdict = "ok" if ok else "FAILED: not timed"
+                print(f"check | {n}x{n} | {order} first | {used} images | {text} | {verdict}",
+                      flush=True)
+                if not ok:
+                    break
+                got[order][0].extend(c)
+                got[order][1].extend(t)
+                got[order][2].append(statistics.median(c) / statistics.median(t))
             if not ok:
                 break
-            cp_t += c
-            t_t += t
-            per_pair.append(statistics.median(c) / statistics.median(t))
         if not ok:
             failed = True
             continue
-        a, b = statistics.median(cp_t), statistics.median(t_t)
         gflop = iteration_flops(n, n, max(max(ids) for ids in LAYER_SETS[opts.layers]) + 1) / 1e9
-        spread = ""
-        if pairs > 1:
-            spread = " | per process pair " + " ".join(f"{r:.2f}" for r in per_pair)
         name = "" if opts.layers == "tutorial" else f" {opts.layers}"
-        print(f"cpu objective{name} | {n}x{n} | cpstyle {a:.3f} s | torch {b:.3f} s | ratio {a / b:.2f} "
-              f"| {gflop / a:.1f} / {gflop / b:.1f} GFLOP/s{spread}", flush=True)
+        for order in orders:
+            print(result_line(name, n, order, *got[order], gflop), flush=True)
     return 1 if failed else 0
+
+
+def result_line(name, n, order, cp_t, t_t, ratios, gflop):
+    """One result: the median pair ratio (each pair: its own medians), the spread
+    of the pair ratios, and the medians over every round."""
+    a, b = statistics.median(cp_t), statistics.median(t_t)
+    r = statistics.median(ratios)
+    spread = (f" | pairs {len(ratios)}: {min(ratios):.2f}..{max(ratios):.2f} "
+              f"({' '.join(f'{x:.2f}' for x in ratios)})")
+    return (f"cpu objective{name} | {n}x{n} | {order} first | ratio {r:.2f} (median pair) "
+            f"| cpstyle {a:.3f} s | torch {b:.3f} s | {gflop / a:.1f} / {gflop / b:.1f} GFLOP/s"
+            f"{spread}")
 
 
 if __name__ == "__main__":

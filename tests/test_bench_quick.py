@@ -45,10 +45,12 @@ def test_bench_cpu_quick_checks_and_times_in_two_workers(layers):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stdout.splitlines()
     assert "a worker process per side" in lines[0]
-    assert any(l.startswith("check | 64x64 |") and l.endswith("| ok") for l in lines)
+    checks = [l for l in lines if l.startswith("check | 64x64 |") and l.endswith("| ok")]
+    assert len(checks) == 2  # both import orders
     name = "cpu objective" + ("" if layers == "tutorial" else " gatys")
     timing = [l for l in lines if l.startswith(f"{name} | 64x64 |")]
-    assert len(timing) == 1 and "ratio" in timing[0]
+    assert [l.split(" | ")[2] for l in timing] == ["cpstyle first", "numpy first"]
+    assert all("ratio" in l and "(median pair)" in l and "pairs 1:" in l for l in timing)
 
 
 def test_profile_gemm_shapes_smoke():

@@ -109,3 +109,49 @@ def test_single_threaded_blocks_may_overlap_across_threads():
     t.join(10)
     assert inside == 1
     assert get() == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 63, 64, 301])
+def test_matmul_matches_numpy_with_transposed_operands(dtype, rows, rng):
+    a = rng.standard_normal((rows, 37)).astype(dtype)
+    b = rng.standard_normal((37, 29)).astype(dtype)
+    at = np.ascontiguousarray(a.T)   # (37, rows): at.T is a transposed view
+    bt = np.ascontiguousarray(b.T)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for x, y in ((a, b), (at.T, b), (a, bt.T), (at.T, bt.T)):
+        out = np.full((rows, 29), np.nan, dtype)
+        blas.matmul(x, y, out)
+        np.testing.assert_allclose(out, a @ b, rtol=tol, atol=tol * 37)
+
+
+def test_evaluation_never_calls_numpys_matmul(monkeypatch, rng):
+    """Every GEMM of a NumPy evaluation runs single-threaded in our threads
+    (blas.matmul, blas.gemm, blas.in_rows), one-GEMM conv forms included: NumPy's
+    matmul would wake OpenBLAS's workers, which then spin after it (the import-
+    order slowdown of issue 14)."""
+    if not blas.available(np.float32):
+        pytest.skip("no OpenBLAS to call")
+    import cpstyle
+    from cpstyle.ops import conv
+    from cpstyle.vgg16 import random_params
+    from test_vgg16 import SMALL
+    model = cpstyle.VGG16(random_params(SMALL, np.random.default_rng(3)), device="cpu",
+                          dtype=np.float32)
+    c = rng.uniform(0, 255, (40, 36, 3)).astype(np.float32)
+    obj = cpstyle.StyleObjective(c, c[::-1].copy(), [4], list(range(13)), 1.5, 10.0, 0.3,
+                                 model=model)
+    x = rng.uniform(0, 255, c.shape).astype(np.float32)
+    want = obj(x)
+
+    def refuse(*a, **k):
+        raise AssertionError("np.matmul called inside an evaluation")
+
+    for rows_form in (True, False):
+        monkeypatch.setattr(conv, "ROWS_FORM", rows_form)
+        with monkeypatch.context() as m:
+            m.setattr(np, "matmul", refuse)
+            got = obj(x)
+        for k in want[0]:
+            assert got[0][k] == pytest.approx(want[0][k], rel=1e-5)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4 * np.abs(want[1]).max())

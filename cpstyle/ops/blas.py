@@ -20,7 +20,7 @@ import numpy as np
 
 from .parallel import in_row_chunks
 
-ROW_MAJOR, NO_TRANS = 101, 111
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 _SYMBOLS = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")  # ILP64 names only: int64 sizes
 
 
@@ -152,15 +152,26 @@ def _rows(m):
     return max(m.strides[0] // size, 1)
 
 
+def _operand(m):
+    """(transpose flag, leading dimension) for a 2-D operand with contiguous
+    rows, or a transposed view of one (contiguous columns: passed as TRANS)."""
+    if m.ndim == 2 and m.shape[0] > 1 and m.shape[1] > 1 and m.strides[0] == m.itemsize:
+        return TRANS, _rows(m.T)
+    return NO_TRANS, _rows(m)
+
+
 def _call(fn, a, b, c, beta):
     (m, k), n = a.shape, b.shape[1]
-    fn(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, k, 1.0, a.ctypes.data, _rows(a),
-       b.ctypes.data, _rows(b), beta, c.ctypes.data, _rows(c))
+    ta, lda = _operand(a)
+    tb, ldb = _operand(b)
+    fn(ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, beta,
+       c.ctypes.data, _rows(c))
 
 
 def gemm(a, b, c, beta=0.0):
     """c[...] = a @ b + beta * c, in place; a (M, K), b (K, N), c (M, N), one
-    dtype (float32 or float64), each with contiguous rows (row strides free)."""
+    dtype (float32 or float64), each with contiguous rows (row strides free);
+    a and b may also be transposed views of such arrays."""
     if not (a.dtype == b.dtype == c.dtype) or a.shape[1] != b.shape[0] \
             or c.shape != (a.shape[0], b.shape[1]):
         raise ValueError(f"blas.gemm: {a.shape} {a.dtype} x {b.shape} {b.dtype} "
@@ -172,3 +183,19 @@ def gemm(a, b, c, beta=0.0):
         return c
     _call(_functions()[a.dtype], a, b, c, beta)
     return c
+
+
+def matmul(a, b, out):
+    """out[...] = a @ b for 2-D NumPy arrays, its rows split over our threads,
+    each a single-threaded GEMM (in_rows), so OpenBLAS's own worker threads are
+    never woken: idle, they spin for OPENBLAS_THREAD_TIMEOUT after each GEMM
+    (about 0.1 s unless cpstyle was imported before NumPy) and took the cores
+    from the memory-bound steps between GEMMs. np.matmul where there is no
+    OpenBLAS we can call."""
+    if not available(a.dtype) or a.dtype != b.dtype or out.dtype != a.dtype:
+        return np.matmul(a, b, out=out)
+    if a.shape[0] < 64:  # too few rows to split: one call, still single-threaded
+        with single_threaded():
+            return gemm(a, b, out)
+    in_rows(lambda lo, hi: gemm(a[lo:hi], b, out[lo:hi]), a.shape[0])
+    return out

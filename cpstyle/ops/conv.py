@@ -57,6 +57,14 @@ ROWS_MIN_COLUMNS = 16
 ROWS_MIN_PIXELS = 1024
 
 
+def _matmul(xp, a, b, out):
+    """out = a @ b: on NumPy through blas.matmul (our threads, OpenBLAS's own
+    idle), else the backend's matmul."""
+    if xp is np:
+        return blas.matmul(a, b, out)
+    return xp.matmul(a, b, out=out)
+
+
 def uses_rows_form(columns, pixels, dtype):
     """Does a NumPy conv product with `columns` output channels over `pixels`
     pixels per image take the row-shifted form?"""
@@ -144,14 +152,14 @@ def conv_forward_cpu(x, w, b, wflip=None, out=None, wmat=None):
         if wmat is None:
             wmat = (flip_kernel(w) if wflip is None else wflip).reshape(9 * cout, cin).T
         p = scratch(xp, "cols", (n * h * wd, 9 * cout), x.dtype)
-        xp.matmul(x.reshape(-1, cin), wmat, out=p)  # (N*H*W, 9*Cout)
+        _matmul(xp, x.reshape(-1, cin), wmat, p)  # (N*H*W, 9*Cout)
         y = col2im_cpu(p, (n, h, wd), out=out,
                        epilogue=lambda a, lo, hi: bias_relu(a[:, lo:hi]))
         return y, (w, y)
     cols = im2col_cpu(x, scratch(xp, "cols", (n * h * wd, 9 * cin), x.dtype))
     y = xp.empty((n, h, wd, cout), dtype=x.dtype) if out is None else out
     y2 = y.reshape(n * h * wd, cout)  # a view: y is C-contiguous
-    xp.matmul(cols, w.reshape(9 * cin, cout) if wmat is None else wmat, out=y2)
+    _matmul(xp, cols, w.reshape(9 * cin, cout) if wmat is None else wmat, y2)
     in_row_blocks(lambda lo, hi: bias_relu(y2[lo:hi]), y2.shape[0], cout * y.itemsize, xp)
     return y, (w, y)
 
@@ -210,14 +218,14 @@ def conv_input_grad_cpu(dz, w, wflip=None, epilogue=None, out=None, wmat=None):
         # writes them (a write costs a read too), so at 256x256 it takes about
         # half the memory time, and the GEMM's long output side suits BLAS.
         p = scratch(xp, "cols", (n * h * wd, 9 * cin), dz.dtype)
-        xp.matmul(dz.reshape(-1, cout), w.reshape(9 * cin, cout).T if wmat is None else wmat,
-                  out=p)  # (N*H*W, 9*Cin)
+        _matmul(xp, dz.reshape(-1, cout), w.reshape(9 * cin, cout).T if wmat is None else wmat,
+                p)  # (N*H*W, 9*Cin)
         return col2im_cpu(p, dz.shape[:3], out=out, epilogue=epilogue)
     if wmat is None:
         wmat = (flip_kernel(w) if wflip is None else wflip).reshape(9 * cout, cin)
     cols = im2col_cpu(dz, scratch(xp, "cols", (n * h * wd, 9 * cout), dz.dtype))
     dx = xp.empty((n, h, wd, cin), dtype=dz.dtype) if out is None else out
-    xp.matmul(cols, wmat, out=dx.reshape(n * h * wd, cin))
+    _matmul(xp, cols, wmat, dx.reshape(n * h * wd, cin))
     if epilogue is not None:
         in_row_blocks(lambda lo, hi: epilogue(dx, lo, hi), h, row_bytes(dx), xp)
     return dx

@@ -47,7 +47,11 @@ def gram_backward_cpu(dg, cache, out=None):
     df = (xp.empty(f.shape, dtype=xp.result_type(f, dg)) if out is None
           else out.reshape(f.shape))  # (N, H*W, C): no stack copy
     for k in range(f.shape[0]):
-        xp.matmul(f[k], dg[k] + dg[k].T, out=df[k])
+        sym = dg[k] + dg[k].T
+        if xp is np:
+            blas.matmul(f[k], sym.astype(df.dtype, copy=False), df[k])
+        else:
+            xp.matmul(f[k], sym, out=df[k])
     if norm != 1.0:
         df *= norm
     return df.reshape(shape)
