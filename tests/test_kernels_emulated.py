@@ -639,3 +639,39 @@ def test_conv_igemm_splitk(emu, rng, shape, cout, tiles, precision):
                                         precision=precision, tiles=tiles, work=work)
     _igemm_check(dx, dout * (y > 0), flip_kernel(wt), None, precision,
                  f"igemm split-K backward {precision} {tiles}")
+
+
+def _off_16(rng, arr):
+    """A copy of arr in a view that starts one float past a 16-byte boundary."""
+    buf = np.empty(arr.size + 8, np.float32)
+    off = (-buf.ctypes.data % 16) // 4 + 1
+    v = buf[off:off + arr.size].reshape(arr.shape)
+    v[...] = arr
+    assert v.ctypes.data % 16 == 4
+    return v
+
+
+@covers("conv_igemm_forward_kernel", "conv_igemm_backward_kernel")
+def test_conv_igemm_views_off_16_bytes_take_scalar_loads(emu, rng, monkeypatch):
+    """A source that starts off a 16-byte boundary (a view) would make float4
+    loads fault on a GPU: the wrapper sees the address and compiles VEC_A/VEC_B = 1
+    for it (the emulator aligns its copies, so the choice is checked on the defines)."""
+    seen = []
+    real = cuda.get_kernel
+    monkeypatch.setattr(cuda, "get_kernel", lambda m, k, d=None: seen.append(d) or real(m, k, d))
+    x, wt, b = _igemm_operands(rng, (1, 5, 6, 8), 12)
+    tiles = IG_TILES["small"]
+    assert x.ctypes.data % 16 == 0 and wt.ctypes.data % 16 == 0
+    y, cache = conv_igemm.conv_forward_igemm(x, wt, b, precision="tf32", tiles=tiles)
+    assert (seen[-1]["VEC_A"], seen[-1]["VEC_B"]) == (4, 4)
+    y2, _ = conv_igemm.conv_forward_igemm(_off_16(rng, x), wt, b, precision="tf32", tiles=tiles)
+    assert (seen[-1]["VEC_A"], seen[-1]["VEC_B"]) == (1, 4)
+    y3, _ = conv_igemm.conv_forward_igemm(x, _off_16(rng, wt), b, precision="tf32", tiles=tiles)
+    assert (seen[-1]["VEC_A"], seen[-1]["VEC_B"]) == (4, 1)
+    for got in (y, y2, y3):
+        _igemm_check(got, x, wt, b, "tf32", "igemm forward, aligned or not")
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    dx = conv_igemm.conv_backward_igemm(_off_16(rng, dout), cache, flip_kernel(wt),
+                                        precision="tf32", tiles=tiles)
+    assert seen[-1]["VEC_A"] == 1
+    _igemm_check(dx, dout * (y > 0), flip_kernel(wt), None, "tf32", "igemm backward, dout off 16")

@@ -101,15 +101,16 @@ def _splits(rows, cols, vec, threads):
     return cols % vec == 0 and per % threads == 0 and per >= threads and threads % (cols // vec) == 0
 
 
-def defines(tiles, precision, a_channels, out_channels):
-    """The kernel's defines for one launch shape."""
+def defines(tiles, precision, a_channels, out_channels, a_aligned=True, b_aligned=True):
+    """The kernel's defines for one launch shape; *_aligned: do the A sources and
+    the B matrix start on a 16-byte boundary (float4 loads need it)?"""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {tuple(PRECISIONS)}")
     bm, bn, bk, wm, wn, _ = check_tiles(tiles, precision)
     threads = 32 * wm * wn
     # float4 loads where the rows are whole vectors of aligned channels
-    vec_a = 4 if a_channels % 4 == 0 and _splits(bm, bk, 4, threads) else 1
-    vec_b = 4 if out_channels % 4 == 0 and _splits(bk, bn, 4, threads) else 1
+    vec_a = 4 if a_aligned and a_channels % 4 == 0 and _splits(bm, bk, 4, threads) else 1
+    vec_b = 4 if b_aligned and out_channels % 4 == 0 and _splits(bk, bn, 4, threads) else 1
     return {"BM": bm, "BN": bn, "BK": bk, "WARPS_M": wm, "WARPS_N": wn,
             "PREC": PRECISIONS[precision], "VEC_A": vec_a, "VEC_B": vec_b}
 
@@ -175,14 +176,22 @@ def splitk_work_size(tiles, out_channels, pixels):
     return splits * pixels * out_channels if splits > 1 else 0
 
 
+def _address(a):
+    return a.data.ptr if hasattr(a.data, "ptr") else a.ctypes.data  # CuPy, NumPy
+
+
 def _launch(kname, out, args, a_channels, out_channels, pixels, precision, tiles, direction,
-            bias=None, work=None):
+            a_src, b_src, bias=None, work=None):
     """The conv kernel, or with SPLITS > 1 its split-K form into `work` (a buffer
-    of at least splitk_work_size floats; made here when None) and the sum."""
+    of at least splitk_work_size floats; made here when None) and the sum.
+    a_src, b_src: the A source arrays and the B matrix (a view that starts off a
+    16-byte boundary gets scalar loads)."""
     tiles = select_tiles(direction, precision, a_channels, out_channels, pixels) \
         if tiles is None else tiles
     splits = check_tiles(tiles, precision)[5]
-    d = defines(tiles, precision, a_channels, out_channels)
+    d = defines(tiles, precision, a_channels, out_channels,
+                a_aligned=all(_address(a) % 16 == 0 for a in a_src),
+                b_aligned=_address(b_src) % 16 == 0)
     grid = (cuda.ceil_div(pixels, d["BM"]), cuda.ceil_div(out_channels, d["BN"]), splits)
     threads = 32 * d["WARPS_M"] * d["WARPS_N"]
     if splits == 1:
@@ -217,7 +226,7 @@ def conv_forward_igemm(x, w, b, out=None, precision="tf32", tiles=None, work=Non
     y = cuda.out_array(xp, out, (n, h, wd, cout))
     _launch("conv_igemm_forward_kernel", y,
             (x, w, b, cuda.i32(n), cuda.i32(h), cuda.i32(wd), cuda.i32(cin), cuda.i32(cout)),
-            cin, cout, n * h * wd, precision, tiles, "fwd", bias=b, work=work)
+            cin, cout, n * h * wd, precision, tiles, "fwd", (x,), w, bias=b, work=work)
     return y, (w, y)
 
 
@@ -234,7 +243,7 @@ def conv_backward_igemm(dout, cache, wflip, out=None, precision="tf32", tiles=No
     dx = cuda.out_array(xp, out, (n, h, wd, cin))
     _launch("conv_igemm_backward_kernel", dx,
             (dout, y, wflip, cuda.i32(n), cuda.i32(h), cuda.i32(wd), cuda.i32(cout), cuda.i32(cin)),
-            cout, cin, n * h * wd, precision, tiles, "bwd", work=work)
+            cout, cin, n * h * wd, precision, tiles, "bwd", (dout, y), wflip, work=work)
     return dx
 
 
