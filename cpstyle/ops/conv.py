@@ -339,16 +339,22 @@ def im2col_gpu(x, out=None):
     return cols
 
 
+def conv_shapes(x, w, b):
+    """(N, H, W, Cin, Cout) of a forward conv, or ValueError if the arrays do not fit."""
+    n, h, wd, cin = x.shape
+    cout = w.shape[3]
+    if w.shape != (3, 3, cin, cout) or b.shape != (cout,):
+        raise ValueError(f"conv: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    return n, h, wd, cin, cout
+
+
 def conv_forward_gpu(x, w, b, out=None, cols=None, wflip=None):
     """x (N, H, W, Cin), w (3, 3, Cin, Cout), b (Cout,) float32 -> y (N, H, W, Cout),
     cache (w, y). `cols`: work buffer of at least N*H*W*9*Cin floats (any shape).
     im2col, one GEMM and bias_relu_kernel; or, where gpu_forward_uses_col2im,
     x·W' (W' = wflip, made here when None) and col2im_bias_relu_kernel."""
     xp = get_array_module(x)
-    n, h, wd, cin = x.shape
-    cout = w.shape[3]
-    if w.shape != (3, 3, cin, cout) or b.shape != (cout,):
-        raise ValueError(f"conv: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    n, h, wd, cin, cout = conv_shapes(x, w, b)
     y = cuda.out_array(xp, out, (n, h, wd, cout))
     blk = cuda.config["block"]
     if gpu_forward_uses_col2im(cin, cout):

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import cuda
 from ..backend import get_array_module
+from .conv import conv_shapes
 
 PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2}  # -> the kernel's PREC
 # The stated error of each precision: |y - conv(x, w)| <= ERROR_BOUND·conv(|x|, |w|)
@@ -219,10 +220,7 @@ def conv_forward_igemm(x, w, b, out=None, precision="tf32", tiles=None, work=Non
     """x (N, H, W, Cin), w (3, 3, Cin, Cout), b (Cout,) float32 -> y, cache (w, y):
     conv_forward_cpu's result in one kernel (two with split-K: `work`, see _launch)."""
     xp = get_array_module(x)
-    n, h, wd, cin = x.shape
-    cout = w.shape[3]
-    if w.shape != (3, 3, cin, cout) or b.shape != (cout,):
-        raise ValueError(f"conv: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    n, h, wd, cin, cout = conv_shapes(x, w, b)
     y = cuda.out_array(xp, out, (n, h, wd, cout))
     _launch("conv_igemm_forward_kernel", y,
             (x, w, b, cuda.i32(n), cuda.i32(h), cuda.i32(wd), cuda.i32(cin), cuda.i32(cout)),
