@@ -24,13 +24,14 @@ from pathlib import Path
 
 from . import presets, weights
 from .colors import PRESERVE_COLORS
-from .driver import (DEFAULT_MIN_SIZE, INITS, Interrupted, check_arguments, scale_sizes,
-                     style_transfer)
+from .driver import (DEFAULT_MIN_SIZE, INITS, Interrupted, check_arguments,
+                     memory_check_cpu, scale_sizes, style_transfer)
 from .gpu_engine import PRECISIONS
 from .images import (SAVE_FORMATS, demo_paths, load_image, make_sheet, save_image,
                      validate_image)
 from .layers import (LAYER_NAMES, MIN_IMAGE_SIZE, check_number, check_weights, layer_ids,
                      weighted_layer_ids)
+from .memory import NotEnoughMemory
 from .optimizers import DEFAULT_LBFGS_HISTORY, DEFAULT_LEARNING_RATE, OPTIMIZERS
 
 PROG = "cpstyle"
@@ -99,6 +100,11 @@ def _size(text):
         raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} pixels "
                                          f"(VGG-16 pools four times), got {n}")
     return n
+
+
+def _size_or_max(text):
+    """--content-size of `run`: PX, or "max" (the largest that fits in memory)."""
+    return "max" if text.strip().lower() == "max" else _size(text)
 
 
 def parse_layers(text, option, weights_text=None, weights_option=None):
@@ -446,7 +452,8 @@ def cmd_run(args):
                                  f"choose another output name")
     device = resolve_cli_device(args.device)
     precision = check_precision(_opt(args, "precision") or "fp32", device)
-    content = load_input(args.content, args.content_size, "content image")
+    fit_max = args.content_size == "max"
+    content = load_input(args.content, None if fit_max else args.content_size, "content image")
     style_scale = _opt(args, "style_scale")
     if style_scale is not None:  # never load more pixels than the run will use
         style_max = max(MIN_IMAGE_SIZE, math.ceil(style_scale * max(content.shape[:2])))
@@ -480,8 +487,15 @@ def cmd_run(args):
         iterations_per_scale=iterations if multiscale else None, precision=precision)
     style = styles[0] if len(styles) == 1 else styles
     # the API's own checks, before the (slow) weights load
-    check_arguments(content, style, num_iterations=iterations,
-                    **{k: v for k, v in options.items() if k not in ("seed", "precision")})
+    plan = check_arguments(content, style, num_iterations=iterations,
+                           **{k: v for k, v in options.items() if k not in ("seed", "precision")})
+    if fit_max:
+        content, plan = fit_content(args.content, content, style, plan, device, iterations,
+                                    options, (content_layers, content_lw),
+                                    (style_layers, style_lw))
+        num_scales = len(plan.sizes)
+    if device == "cpu":  # the memory preflight (cpstyle/memory.py; none yet for the GPU)
+        memory_check_cpu(plan, content_layers, style_layers, content_lw, style_lw)
     announce = getattr(args, "announce", None)  # the demo says what it is doing
     if announce:
         _say(announce.format(content=content, style=styles[0], device=device,
@@ -490,6 +504,35 @@ def cmd_run(args):
     return stylise(content, style, out, iterations=iterations, device=device,
                    save_every=args.save_every, sheet=sheet, quiet=args.quiet,
                    num_scales=num_scales, trace=trace, plot=plot, model=model, **options)
+
+
+def fit_content(path, content, style, plan, device, iterations, options, content_layers,
+                style_layers):
+    """--content-size max: the content at the largest long side that fits in the
+    available memory with the weights (cpstyle/memory.py), said on stderr ->
+    (content, plan). Unknown free memory, or the GPU (no model yet): the file's
+    size, said too."""
+    from .memory import available_cpu, fmt, largest_fitting, plan_estimator, weights_cpu
+    long_side = max(content.shape[:2])
+    free = available_cpu() if device == "cpu" else None
+    if free is None:
+        why = "the GPU has no memory model yet" if device != "cpu" else "free memory unknown"
+        _say(f"--content-size max: {why}; keeping the file's {long_side} px")
+        return content, plan
+    cids = weighted_layer_ids(*content_layers, "content layers")[0]
+    sids = weighted_layer_ids(*style_layers, "style layers")[0]
+    estimate_at = plan_estimator(plan, cids, sids)
+    fit = largest_fitting(free - weights_cpu(), estimate_at, content.shape[:2])
+    if fit is None or fit >= long_side:  # nothing fits (the check says so) or all does
+        _say(f"--content-size max: {long_side} px (the file's size)" if fit else
+             "--content-size max: not even the smallest content fits")
+        return content, plan
+    content = load_input(path, fit, "content image")
+    _say(f"--content-size max: {fit} px on the long side (about "
+         f"{fmt(estimate_at(fit) + weights_cpu())} of the {fmt(free)} available)")
+    plan = check_arguments(content, style, num_iterations=iterations,
+                           **{k: v for k, v in options.items() if k not in ("seed", "precision")})
+    return content, plan
 
 
 def cmd_demo(args):
@@ -705,9 +748,10 @@ def build_parser():
     r.add_argument("--constant-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="no reciprocal normalisation: gradient = w_c*dL_c + w_s*dL_s + "
                         "w_d*dL_d (the weights then carry the losses' scales)")
-    r.add_argument("--content-size", type=_size, default=None, metavar="PX",
+    r.add_argument("--content-size", type=_size_or_max, default=None, metavar="PX",
                    help="scale the content image down so its long side is at most PX "
-                        "(default: keep the file's size)")
+                        "(default: keep the file's size); max: the largest size that "
+                        "fits in the free memory (CPU; a multiscale run's last scale)")
     r.add_argument("--style-size", type=_size, default=None, metavar="PX",
                    help=f"the same for the style image(s) (default {STYLE_SIZE}, the "
                         f"tutorial's, unless the preset sets --style-scale)")
@@ -879,6 +923,9 @@ def main(argv=None):
         if _debug():
             import traceback
             traceback.print_exc()
+        _say(f"{PROG}: error: {_message(e)}")
+        return 2
+    except NotEnoughMemory as e:  # the preflight: one line, nothing written
         _say(f"{PROG}: error: {_message(e)}")
         return 2
     except MemoryError as e:

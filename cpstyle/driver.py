@@ -205,11 +205,16 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
                    style_blend_weights=None, style_scale=None, constant_weights=False,
                    optimizer="gd", learning_rate=None, lbfgs_history=None, pooling=None,
                    preserve_colors="none", multiscale=False, min_size=None,
-                   iterations_per_scale=None):
+                   iterations_per_scale=None, check_memory=True):
     """Returns the mixed image, float32 (H, W, 3) 0..255, numpy or cupy like
     `content`. Every argument is checked (check_arguments) before the weights
     are loaded. Keyword-only `preset` ("tutorial", the default, or "quality") and
-    `style_strength` (cpstyle/presets.py) fill in what the call does not give."""
+    `style_strength` (cpstyle/presets.py) fill in what the call does not give.
+    check_memory (CPU only; the GPU path is not checked): before the weights
+    load, compare the run's estimate (cpstyle/memory.py) with the available
+    memory and raise cpstyle.memory.NotEnoughMemory (a MemoryError) if it does
+    not fit, so that a run never dies of memory halfway; where the available
+    memory is unknown the run goes ahead. False skips the check."""
     plan = check_arguments(
         content, style, content_layer_ids, style_layer_ids, weight_content, weight_style,
         weight_denoise, num_iterations, step_size, callback_every, gram_norm, init,
@@ -226,6 +231,9 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
     dev = resolve_device(device if model is None else model.device)
     if dev != "gpu" and precision != "fp32":
         raise ValueError(f"precision {precision!r} needs the GPU; the CPU runs fp32")
+    if check_memory and dev != "gpu":
+        memory_check_cpu(plan, content_layer_ids, style_layer_ids, content_layer_weights,
+                         style_layer_weights, include_weights=model is None)
     if model is None:
         from .vgg16 import VGG16
         model = VGG16.load(device=dev)
@@ -279,6 +287,16 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
     if return_gpu:
         return get_array_module(content).asarray(out)
     return to_host(out)
+
+
+def memory_check_cpu(plan, content_layer_ids, style_layer_ids, content_layer_weights=None,
+                     style_layer_weights=None, include_weights=True, available=None):
+    """The CPU preflight: NotEnoughMemory (one line) if the run of `plan` does not
+    fit in the available memory (plus the weights when they are still to load)."""
+    from .memory import check_plan_cpu
+    cids = layers.weighted_layer_ids(content_layer_ids, content_layer_weights, "content layers")[0]
+    sids = layers.weighted_layer_ids(style_layer_ids, style_layer_weights, "style layers")[0]
+    return check_plan_cpu(plan, cids, sids, include_weights, available)
 
 
 def _run_reference(objective, settings, x0, num_iterations, callback, callback_every, report):

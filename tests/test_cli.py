@@ -797,3 +797,55 @@ def test_fetch_on_first_use_then_runs(capsys, pics, tmp_path, monkeypatch, weigh
     assert rc == 0, err
     assert "fetching VGG-16 weights (64 MB, once)" in err and dest.exists()
     assert (tmp_path / "out.png").exists()
+
+
+# ---------------------------------------------------------------- memory preflight
+
+def test_run_that_does_not_fit_is_one_line_exit_2(capsys, tmp_path, rng, monkeypatch,
+                                                  no_model):
+    from cpstyle import memory
+    c, s = tmp_path / "c.png", tmp_path / "s.png"
+    Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(c)
+    Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(s)
+    free = memory.weights_cpu() + 300 * 10 ** 6
+    monkeypatch.setattr(memory, "available_cpu", lambda: free)
+    out = tmp_path / "o.png"
+    line = assert_user_error(*run_cli(capsys, "run", c, s, "-o", out, "--device", "cpu"),
+                             "not enough memory", "800x600", "available",
+                             "--content-size")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "s.png"]
+    fit = int(line.rsplit("--content-size ", 1)[1].rstrip(")"))
+    assert 16 <= fit < 800
+
+
+def test_run_with_unknown_free_memory_goes_ahead(capsys, pics, tmp_path, monkeypatch, fake):
+    from cpstyle import memory
+    monkeypatch.setattr(memory, "available_cpu", lambda: None)
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--quiet", "--device", "cpu"))[0] == 0
+
+
+def test_content_size_max_picks_the_largest_that_fits(capsys, tmp_path, rng, monkeypatch,
+                                                      fake):
+    from cpstyle import memory
+    c, s = tmp_path / "c.png", tmp_path / "s.png"
+    Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(c)
+    Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(s)
+    free = memory.weights_cpu() + 300 * 10 ** 6
+    monkeypatch.setattr(memory, "available_cpu", lambda: free)
+    rc, out, err = run_cli(capsys, "run", c, s, "-o", tmp_path / "o.png", "--quiet",
+                           "--device", "cpu", "--content-size", "max")
+    assert rc == 0, err
+    fit = max(fake.content.shape[:2])
+    assert 16 <= fit < 800 and f"--content-size max: {fit} px" in err
+    keys = ("content_layer_ids", "style_layer_ids", "optimizer", "style_scale",
+            "num_iterations")
+    plan = cpstyle.driver.check_arguments(fake.content, fake.style,
+                                          **{k: fake.kwargs[k] for k in keys})
+    est = memory.plan_estimator(plan, fake.kwargs["content_layer_ids"],
+                                fake.kwargs["style_layer_ids"])
+    assert est(fit) + memory.weights_cpu() <= free < est(fit + 1) + memory.weights_cpu()
+    # unknown free memory: said, and the file's size kept
+    monkeypatch.setattr(memory, "available_cpu", lambda: None)
+    rc, out, err = run_cli(capsys, "run", c, s, "-o", tmp_path / "o.png", "--quiet",
+                           "--device", "cpu", "--content-size", "max")
+    assert rc == 0 and "free memory unknown" in err and fake.content.shape[:2] == (600, 800)

@@ -1,0 +1,337 @@
+"""How much memory a NumPy (CPU) `style_transfer` run needs, before anything is
+allocated (issue #13, step one: the CPU backend; the GPU path has no model yet
+and is not checked).
+
+The model counts the arrays the code allocates, from the shapes alone (float32,
+4 bytes; the pools' argmax 1 byte), for content size H x W at the largest scale,
+with the walk of VGG-16's layers 0..top (top = the deepest content or style
+layer; P_i = h_i·w_i pixels at layer i, C_i channels, pools floor-halve):
+
+  kept between iterations (the objective's Workspace, cpstyle/ops/parallel.py)
+    y_i, dz_i              2·Σ_i P_i·C_i        conv outputs (the ReLU masks) and
+                                                their gradients, one per layer
+    pool_p, dp_p, arg_p    (2·4 + 1)·Σ_p P_p/4·C_p   pools before top (max pooling)
+    dtap_s                 Σ_s P_s·C_s          style layers' Gram backward
+    content targets        Σ_c P_c·C_c
+    scratch "cols"         max P_i·9·C          the one-GEMM forms (conv1_1's
+                                                backward to 3 channels, 27 floats/px;
+                                                layers under ROWS_MIN_PIXELS)
+    unfold blocks          threads · max (rows+2)·w·3·C   the row-shifted form
+    BLAS buffers           threads · BLAS_BUFFER_BYTES   OpenBLAS's packing (measured)
+    x0, x                  2·3·P
+    optimiser              gd none; adam m, v (2·3·P); lbfgs x_prev, g_prev and
+                           min(n−1, history) pairs s, y (6·P each)
+  plus the largest transient on top of that, among
+    content loss/gradient  2·max P_c·C_c, then Σ_c P_c·C_c + max P_c·C_c
+    end of the backward    Σ_c P_c·C_c + 2·3·P (dL/dh, the pre-processing's dx)
+    total variation        Σ_c P_c·C_c + 5·3·P (grad, dx, two signs, a difference)
+    the step               gd 3·3·P; adam 7·3·P; lbfgs 8·3·P (q, r, a product,
+                           two float64 copies in dot64, the gradient)
+  and, while the objective is built (StyleObjective.__init__), the forward of the
+  content and then of each style image without a workspace: Σ P_i·C_i + the
+  argmaxes (+ one pool output or the pre-processed input at a time), the previous
+  forward's cache still bound (`taps, _ = ...`) while the next runs; in a
+  multiscale run, beside the previous scale's kept arrays (its objective lives
+  until the new one is made).
+
+Per content pixel, all 13 layers (the tutorial): y 270 floats, dz 270, the style
+layers' dtap 270, pools 30·(2 floats + 1 byte), conv1_1's backward columns 27,
+conv3_1's content target 16, images 6: about 3.8 kB; the quality preset (top
+conv5_1, five style layers, L-BFGS with 10 pairs) about 3.4 kB. So 4096² needs
+about 57 GB (quality) and 64 GB (tutorial); DESIGN.md §9's 1.2 kB/px is the y
+and pools alone.
+
+The figure is the peak above the process's state once the weights are loaded
+(the input images already in memory); `weights_cpu()` is what loading the model
+adds. Checked against measured peak RSS by bench/memory.py
+(bench/results/memory-cpu-*.json). Tests: tests/test_memory.py."""
+import math
+
+import numpy as np
+
+from . import layers
+
+F32 = 4
+# OpenBLAS's own packing buffers, per thread that runs GEMMs (ours run one
+# single-threaded GEMM each: ops/blas.py): not an array of ours, so not derived
+# from shapes. Measured in isolation (a fresh process, the weights' GEMM check
+# done, then one 4096x1536 @ 1536x512 sgemm): +7.9 MB on the main thread's first
+# call, +4.3 MB on a second thread's (OpenBLAS 0.3.31, Haswell kernels, with
+# transparent huge pages: 2 MB granules). The model takes 6 MB per thread.
+BLAS_BUFFER_BYTES = 6 << 20
+
+
+class NotEnoughMemory(MemoryError):
+    """The run does not fit in the memory that is free (raised before the weights load)."""
+
+
+def _unfold_rows(h, w, cout, threads):
+    """Rows of one row-shifted block (conv_rows_cpu): parallel.in_row_blocks."""
+    from .ops.parallel import BLOCK_BYTES
+    step = max(1, BLOCK_BYTES // max(1, w * cout * F32))
+    chunk = h if h < 2 * threads else math.ceil(h / threads)
+    return min(step, chunk)
+
+
+def _conv_work(h, w, cin, cout, threads, rows_form_ok):
+    """(scratch 'cols' floats, unfold block floats per thread) of one conv's
+    forward (cin -> cout) at h x w; the backward is the same call with cin and
+    cout swapped."""
+    from .ops.conv import ROWS_FORM, ROWS_MIN_COLUMNS, ROWS_MIN_PIXELS
+    p = h * w
+    if rows_form_ok and ROWS_FORM and cout >= ROWS_MIN_COLUMNS and p >= ROWS_MIN_PIXELS:
+        return 0, (_unfold_rows(h, w, cout, threads) + 2) * w * 3 * cin
+    return p * 9 * min(cin, cout), 0
+
+
+def _walk(hw, top, channels=layers.LAYER_CHANNELS):
+    """[(i, h, w, cin, cout, pooled after)] for layers 0..top at content size hw."""
+    h, w = hw
+    out = []
+    for i in range(top + 1):
+        cin, cout = channels[i]
+        pooled = i in layers.POOL_AFTER and i < top
+        out.append((i, h, w, cin, cout, pooled))
+        if pooled:
+            h, w = h // 2, w // 2
+    return out
+
+
+def _threads():
+    from .ops.parallel import workers
+    return workers()
+
+
+def _rows_form_ok():
+    from .ops import blas
+    return blas.available(np.float32)
+
+
+def _forward_bytes(hw, top, threads, rows_ok):
+    """A forward without a workspace (the objective's targets): every y_i and
+    argmax (held in the cache list until it returns), the pre-processed input or
+    a pool's output (the next conv's input, one at a time); and the (cols,
+    unfold) work of its convs. -> (held bytes, transient bytes, cols, unfold)."""
+    total = 0
+    inputs = [3 * hw[0] * hw[1] * F32]
+    cols = unfold = 0
+    for i, h, w, cin, cout, pooled in _walk(hw, top):
+        total += h * w * cout * F32
+        if pooled:
+            total += (h // 2) * (w // 2) * cout  # argmax, uint8
+            inputs.append((h // 2) * (w // 2) * cout * F32)
+        c, u = _conv_work(h, w, cin, cout, threads, rows_ok)
+        cols, unfold = max(cols, c), max(unfold, u)
+    return total, max(inputs), cols, unfold
+
+
+def _iteration_parts(hw, content_ids, style_ids, optimizer, history, iterations,
+                     threads, rows_ok):
+    """(kept: {name: bytes}, transients: {name: bytes}, cols floats, unfold floats)
+    of the iteration loop at content size hw."""
+    top = max(list(content_ids) + list(style_ids))
+    img = 3 * hw[0] * hw[1] * F32
+    kept = dict(activations=0, gradients=0, pools=0, style_grads=0, content_targets=0,
+                style_targets=0)
+    tap = {}
+    cols = unfold = 0
+    for i, h, w, cin, cout, pooled in _walk(hw, top):
+        a = h * w * cout * F32
+        tap[i] = a
+        kept["activations"] += a  # y_i
+        kept["gradients"] += a    # dz_i
+        if pooled:
+            q = (h // 2) * (w // 2) * cout
+            kept["pools"] += q * (2 * F32 + 1)  # pool output, dp, argmax
+        if i in style_ids:
+            kept["style_grads"] += a
+            kept["style_targets"] += cout * cout * F32
+        for ci, co in ((cin, cout), (cout, cin)):  # forward, backward to the input
+            c, u = _conv_work(h, w, ci, co, threads, rows_ok)
+            cols, unfold = max(cols, c), max(unfold, u)
+    content = [tap[i] for i in content_ids]
+    kept["content_targets"] = sum(content)
+    kept["images"] = 2 * img  # x0 and x
+    pairs = min(max(iterations - 1, 0), history)
+    kept["optimizer"] = {"gd": 0, "adam": 2 * img,
+                         "lbfgs": (2 + 2 * pairs) * img if iterations > 0 else 0}[optimizer]
+    dtaps = sum(content)
+    trans = {
+        "content loss": 2 * max(content),
+        "content gradient": dtaps + max(content),
+        "backward end": dtaps + 2 * img,
+        "total variation": dtaps + 5 * img,
+        "step": {"gd": 3, "adam": 7, "lbfgs": 8}[optimizer] * img if iterations > 0 else 0,
+    }
+    return kept, trans, cols, unfold
+
+
+def estimate_cpu_parts(content_hw, style_hws, content_layer_ids=(4,),
+                       style_layer_ids=tuple(range(13)), optimizer="gd", lbfgs_history=10,
+                       num_iterations=120, scales=None, threads=None):
+    """-> {part: bytes} and 'peak'; see the module docstring. content_hw: the
+    content's (H, W) at the last scale; style_hws: each style image's (H, W) as the
+    run sees it there; scales: a multiscale run's sizes, coarse to fine (the last
+    is content_hw); num_iterations: per scale (the L-BFGS history fills with them)."""
+    from .optimizers import DEFAULT_LBFGS_HISTORY
+    content_ids = sorted(set(content_layer_ids))
+    style_ids = sorted(set(style_layer_ids))
+    history = DEFAULT_LBFGS_HISTORY if lbfgs_history is None else lbfgs_history
+    threads = _threads() if threads is None else threads
+    rows_ok = _rows_form_ok()
+    content_hw = tuple(int(v) for v in content_hw[:2])
+    kept, trans, cols, unfold = _iteration_parts(content_hw, content_ids, style_ids,
+                                                 optimizer, history, num_iterations,
+                                                 threads, rows_ok)
+    # the targets: the content's forward, then each style's; the previous
+    # forward's cache stays bound (`taps, _ = ...`) until the next one returns
+    fwd_c, in_c, c1, u1 = _forward_bytes(content_hw, max(content_ids), threads, rows_ok)
+    held, init = fwd_c, fwd_c + in_c
+    for k, shw in enumerate(style_hws):
+        fwd_s, in_s, c2, u2 = _forward_bytes(tuple(shw[:2]), max(style_ids), threads, rows_ok)
+        init = max(init, held + fwd_s + in_s + (kept["content_targets"] if k else 0))
+        held = fwd_s
+        cols, unfold = max(cols, c2), max(unfold, u2)
+    cols, unfold = max(cols, c1), max(unfold, u1)
+    work = cols * F32 + threads * (unfold * F32 + BLAS_BUFFER_BYTES)
+    previous = 0
+    if scales is not None and len(scales) > 1:
+        pk, _, pc, pu = _iteration_parts(tuple(scales[-2][:2]), content_ids, style_ids,
+                                         optimizer, history, num_iterations, threads, rows_ok)
+        previous = sum(pk.values())
+    kept_total = sum(kept.values())
+    parts = dict(kept)
+    parts["work buffers"] = work
+    parts["largest transient"] = max(trans.values())
+    parts["targets"] = init
+    parts["previous scale"] = previous
+    parts["peak"] = work + max(kept_total + parts["largest transient"], init + previous)
+    return parts
+
+
+def estimate_cpu(content_hw, style_hws, content_layer_ids=(4,),
+                 style_layer_ids=tuple(range(13)), optimizer="gd", lbfgs_history=10,
+                 num_iterations=120, scales=None, threads=None):
+    """Peak bytes above the state after the weights load that a NumPy
+    style_transfer run needs (estimate_cpu_parts' 'peak')."""
+    return estimate_cpu_parts(content_hw, style_hws, content_layer_ids, style_layer_ids,
+                              optimizer, lbfgs_history, num_iterations, scales,
+                              threads)["peak"]
+
+
+def weights_cpu(channels=layers.LAYER_CHANNELS):
+    """Bytes that loading VGG-16 on the CPU keeps (cpstyle/vgg16.py): the kernels
+    (the file's arrays themselves: to_device copies no float32 array), their
+    flipped copies, the GEMM operands that are copies (gemm_weights: the
+    backward's where Cin <= Cout, the forward's where Cout <= Cin), the biases.
+    Importing h5py adds about 12 MB more (bench/memory.py measures the whole load)."""
+    total = 0
+    for cin, cout in channels:
+        k = 9 * cin * cout * F32
+        total += 2 * k + cout * F32  # the kernel, the flipped kernel, the bias
+        total += k if cin <= cout else 0
+        total += k if cout <= cin else 0
+    return total
+
+
+def available_cpu():
+    """MemAvailable from /proc/meminfo in bytes; None where it is unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    parts = line.split()
+                    return int(parts[1]) * (1024 if parts[2:3] == ["kB"] else 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def fmt(n):
+    """Bytes as a short human figure."""
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"
+
+
+def resize_hw(hw, long_side):
+    """(H, W) scaled so the long side is long_side (rounded, as images.resize)."""
+    h, w = hw
+    f = long_side / max(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def largest_fitting(budget, estimate_at, hw, lo=layers.MIN_IMAGE_SIZE):
+    """The largest long side L (px, <= max(hw)) whose estimate_at(L) <= budget, by
+    bisection (the estimate grows with L); None if not even `lo` fits."""
+    hi = max(hw)
+    if estimate_at(lo) > budget:
+        return None
+    if estimate_at(hi) <= budget:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if estimate_at(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def check_cpu(estimate_at, hw, include_weights=True, available=None):
+    """Raise NotEnoughMemory if estimate_at(max(hw)) (+ the weights, if they are
+    still to load) exceeds the available memory; nothing if it fits or the free
+    memory is unknown. estimate_at(L): the run's peak with the content's long
+    side L. -> (needed, available) or None."""
+    free = available_cpu() if available is None else available
+    if free is None:
+        return None
+    extra = weights_cpu() if include_weights else 0
+    need = estimate_at(max(hw)) + extra
+    if need <= free:
+        return need, free
+    fit = largest_fitting(free - extra, estimate_at, hw)
+    where = (f"the largest content that fits is {fit} px on the long side"
+             if fit is not None else "not even the smallest content fits")
+    raise NotEnoughMemory(
+        f"not enough memory: a {hw[1]}x{hw[0]} run needs about {fmt(need)}, "
+        f"{fmt(free)} is available; {where} (--content-size {fit})" if fit else
+        f"not enough memory: a {hw[1]}x{hw[0]} run needs about {fmt(need)}, "
+        f"{fmt(free)} is available; {where}")
+
+
+def style_hws_at(plan, hw):
+    """Each style image's (H, W) as a run of `plan` (driver.check_arguments) sees
+    it at content size hw (style_scale resizes it to the content's long side)."""
+    out = []
+    for s in plan.styles:
+        h, w = s.shape[:2]
+        if plan.style_scale is not None:
+            h, w = resize_hw((h, w), plan.style_scale * max(hw))
+        out.append((h, w))
+    return out
+
+
+def plan_estimator(plan, content_ids, style_ids):
+    """-> estimate_at(L): the peak of `plan`'s run (CPU) with the content's long
+    side L (the last scale's; a multiscale run's previous scale is 1/√2 of it)."""
+    last = plan.sizes[-1]
+
+    def estimate_at(long_side):
+        hw = resize_hw(last, long_side)
+        scales = None
+        if len(plan.sizes) > 1:
+            scales = [resize_hw(hw, max(hw) / math.sqrt(2)), hw]
+        return estimate_cpu(hw, style_hws_at(plan, hw), content_ids, style_ids,
+                            plan.settings.name, plan.settings.history, plan.per_scale,
+                            scales)
+
+    return estimate_at
+
+
+def check_plan_cpu(plan, content_ids, style_ids, include_weights=True, available=None):
+    """check_cpu for a run of `plan` (the preflight of style_transfer(check_memory=True)
+    and `cpstyle run` on the CPU)."""
+    return check_cpu(plan_estimator(plan, content_ids, style_ids), plan.sizes[-1],
+                     include_weights, available)
