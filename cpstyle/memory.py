@@ -1,6 +1,7 @@
 """How much memory a NumPy (CPU) `style_transfer` run needs, before anything is
-allocated (issue #13, step one: the CPU backend; the GPU path has no model yet
-and is not checked).
+allocated (issue #13, step one: the CPU backend). On the GPU only the engine's own
+buffers are modelled (estimate_gpu_engine, at the end); the weights, the targets'
+forward and CuPy's pool are not yet, and GPU runs are not checked.
 
 The model counts the arrays the code allocates, from the shapes alone (float32,
 4 bytes; the pools' argmax 1 byte), for content size H x W at the largest scale,
@@ -342,3 +343,63 @@ def check_plan_cpu(plan, content_ids, style_ids, include_weights=True, available
     and `cpstyle run` on the CPU)."""
     return check_cpu(plan_estimator(plan, content_ids, style_ids), plan.sizes[-1],
                      include_weights, available)
+
+
+# ---- the GPU engine's own buffers (cpstyle/gpu_engine.py) ----------------------
+
+def estimate_gpu_engine(content_hw, content_layer_ids, style_layer_ids, optimizer="gd",
+                        history=10, conv="im2col", pooling="max", split_work=0,
+                        reduce_blocks=256, channels=layers.LAYER_CHANNELS):
+    """Bytes that GpuStyleTransfer allocates for itself at content size H x W, from
+    the shapes alone: what issue #13's GPU model builds on (the weights, the
+    targets' forward and CuPy's pool come on top and need a GPU to measure).
+    conv "im2col" keeps the im2col columns and dz (any conv on im2col does);
+    "igemm" none. split_work: the split-K buffer's floats (0 untuned). Checked
+    exactly against the emulated engine's arrays by tests/test_memory.py.
+
+      images       x, grad, prev_x, h0, dh0            5·3·P
+      activations  y_i, i <= top                       Σ P_i·C_i
+      pools        output (and argmax, uint8, max)     Σ_p P_p/4·C_p
+      backward     two ping-pong buffers               2·max(P_i·C_i, P_i·Cin_i)
+      im2col       columns, dz                         max P_i·9·max(Cin, Cout), max P_i·C_i
+      content      target, gradient                    2·P_c·C_c each
+      style        target, G, dG                       3·C_s² each
+      scalars      losses, adj, coef, weights; the partial sums (4096 float64)
+      optimiser    gd: the update's reduction; adam: m, v; lbfgs: S, Y (history),
+                   x_prev, g_prev, q, its float64 scalars and reductions"""
+    cids, sids = sorted(set(content_layer_ids)), sorted(set(style_layer_ids))
+    top = max(cids + sids)
+    h, w = content_hw
+    p3 = 3 * h * w
+    walk = _walk((h, w), top, channels)
+    f = 5 * p3 + 12 + split_work
+    u8 = 0
+    pingpong, cols, act_max = 0, 0, 0
+    for i, hh, ww, cin, cout, pooled in walk:
+        px = hh * ww
+        f += px * cout
+        act_max = max(act_max, px * cout)
+        pingpong = max(pingpong, px * cin, px * cout if pooled else 0)
+        cols = max(cols, px * 9 * max(cin, cout))
+        if pooled:
+            f += (hh // 2) * (ww // 2) * cout
+            if pooling == "max":
+                u8 += (hh // 2) * (ww // 2) * cout
+        if i in cids:
+            f += 2 * px * cout
+        if i in sids:
+            f += 3 * cout * cout
+    f += 2 * pingpong
+    if conv == "im2col":
+        f += cols + act_max
+    f64 = 4096
+    if optimizer == "gd":
+        f64 += reduce_blocks + 2
+    elif optimizer == "adam":
+        f += 2 * p3
+    elif optimizer == "lbfgs":
+        f += (2 * history + 3) * p3
+        f64 += (2 * history + 4) + reduce_blocks + (reduce_blocks + 2)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    return F32 * f + u8 + 8 * f64

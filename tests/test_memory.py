@@ -122,3 +122,51 @@ def test_model_agrees_with_measured_peak_rss(weights_path):
     from bench.memory import TOLERANCE, measure
     r = measure("quality", 128, iterations=2, timeout=120)
     assert abs(r["error"]) <= TOLERANCE, r
+
+
+def _engine_bytes(eng):
+    """Bytes of every array the engine holds (views counted once, by their base)."""
+    seen = set()
+
+    def walk(o):
+        if isinstance(o, np.ndarray):
+            base = o
+            while base.base is not None:
+                base = base.base
+            if id(base) in seen:
+                return 0
+            seen.add(id(base))
+            return base.nbytes
+        if isinstance(o, (list, tuple)):
+            return sum(walk(v) for v in o)
+        if isinstance(o, dict):
+            return sum(walk(v) for v in o.values())
+        if hasattr(o, "__dict__") and type(o).__module__.startswith("cpstyle.optimizers"):
+            return walk(vars(o))
+        if type(o).__name__ == "UpdateWork":
+            return walk(tuple(o))
+        return 0
+
+    return sum(walk(v) for k, v in vars(eng).items() if k not in ("model", "ref"))
+
+
+@pytest.mark.parametrize("optimizer,conv,pooling,layer_set", [
+    ("gd", "im2col", "max", "tutorial"), ("lbfgs", "igemm", "max", "gatys"),
+    ("adam", "igemm", "avg", "tutorial"), ("lbfgs", "im2col", "avg", "gatys")])
+def test_gpu_engine_buffers_match_the_model(optimizer, conv, pooling, layer_set, rng):
+    """The GPU engine's own buffers, counted on its emulated (NumPy) run, against
+    memory.estimate_gpu_engine: exactly, since both come from the same shapes."""
+    from cpstyle import VGG16
+    from cpstyle.gpu_engine import GpuStyleTransfer
+    from cpstyle.vgg16 import random_params
+    from test_vgg16 import SMALL
+    model = VGG16(random_params(SMALL, np.random.default_rng(3)), device="cpu",
+                  pooling=pooling)
+    content = rng.uniform(0, 255, (37, 45, 3)).astype(np.float32)
+    style = rng.uniform(0, 255, (30, 33, 3)).astype(np.float32)
+    cids, sids = ([4], list(range(13))) if layer_set == "tutorial" else ([8], [0, 2, 4, 7, 10])
+    eng = GpuStyleTransfer(model, content, style, cids, sids, 1.5, 10.0, 0.3,
+                           optimizer=optimizer, conv=conv)
+    want = memory.estimate_gpu_engine((37, 45), cids, sids, optimizer, 10, conv, pooling,
+                                      channels=SMALL)
+    assert _engine_bytes(eng) == want
