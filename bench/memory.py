@@ -94,8 +94,7 @@ def worker(preset, long_side, iterations):
                                                            "style_layer_ids")},
                            content_layer_ids=settings["content_layer_ids"],
                            style_layer_ids=settings["style_layer_ids"])
-    model_bytes = plan_estimator(plan, settings["content_layer_ids"],
-                                 settings["style_layer_ids"])(max(content.shape[:2]))
+    model_bytes = plan_estimator(plan, headroom=1.0)(max(content.shape[:2]))
     before = _status()["VmRSS"]
     model = VGG16.load(device="cpu")
     after = _status()

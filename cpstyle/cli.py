@@ -25,13 +25,13 @@ from pathlib import Path
 from . import presets, weights
 from .colors import PRESERVE_COLORS
 from .driver import (DEFAULT_MIN_SIZE, INITS, Interrupted, check_arguments,
-                     memory_check_cpu, scale_sizes, style_transfer)
+                     scale_sizes, style_transfer)
 from .gpu_engine import PRECISIONS
 from .images import (SAVE_FORMATS, demo_paths, load_image, make_sheet, save_image,
                      validate_image)
 from .layers import (LAYER_NAMES, MIN_IMAGE_SIZE, check_number, check_weights, layer_ids,
                      weighted_layer_ids)
-from .memory import NotEnoughMemory
+from .memory import NotEnoughMemory, check_plan_cpu
 from .optimizers import DEFAULT_LBFGS_HISTORY, DEFAULT_LEARNING_RATE, OPTIMIZERS
 
 PROG = "cpstyle"
@@ -355,10 +355,10 @@ def stylise(content, style, out, *, iterations, device, save_every, sheet, quiet
 
     t0 = time.perf_counter()
     try:
-        mixed = style_transfer(
+        mixed = style_transfer(  # memory: cmd_run checked it before the weights loaded
             content, style, num_iterations=iterations, device=device,
             callback=callback if every else None, callback_every=every or PROGRESS_EVERY,
-            **options)
+            check_memory=False, **options)
     except Interrupted as e:
         bar.close()
         save_image(e.image, out)
@@ -487,15 +487,13 @@ def cmd_run(args):
         iterations_per_scale=iterations if multiscale else None, precision=precision)
     style = styles[0] if len(styles) == 1 else styles
     # the API's own checks, before the (slow) weights load
-    plan = check_arguments(content, style, num_iterations=iterations,
-                           **{k: v for k, v in options.items() if k not in ("seed", "precision")})
+    plan = _checked(content, style, iterations, options)
     if fit_max:
-        content, plan = fit_content(args.content, content, style, plan, device, iterations,
-                                    options, (content_layers, content_lw),
-                                    (style_layers, style_lw))
+        content = fit_content(args.content, content, plan, device)
+        plan = _checked(content, style, iterations, options)
         num_scales = len(plan.sizes)
     if device == "cpu":  # the memory preflight (cpstyle/memory.py; none yet for the GPU)
-        memory_check_cpu(plan, content_layers, style_layers, content_lw, style_lw)
+        check_plan_cpu(plan)
     announce = getattr(args, "announce", None)  # the demo says what it is doing
     if announce:
         _say(announce.format(content=content, style=styles[0], device=device,
@@ -506,33 +504,32 @@ def cmd_run(args):
                    num_scales=num_scales, trace=trace, plot=plot, model=model, **options)
 
 
-def fit_content(path, content, style, plan, device, iterations, options, content_layers,
-                style_layers):
+def _checked(content, style, iterations, options):
+    """driver.check_arguments for the run's options -> its Plan."""
+    return check_arguments(content, style, num_iterations=iterations,
+                           **{k: v for k, v in options.items() if k not in ("seed", "precision")})
+
+
+def fit_content(path, content, plan, device):
     """--content-size max: the content at the largest long side that fits in the
-    available memory with the weights (cpstyle/memory.py), said on stderr ->
-    (content, plan). Unknown free memory, or the GPU (no model yet): the file's
-    size, said too."""
+    available memory with the weights (cpstyle/memory.py), said on stderr. Unknown
+    free memory, or the GPU (no model yet): the file's size, said too."""
     from .memory import available_cpu, fmt, largest_fitting, plan_estimator, weights_cpu
     long_side = max(content.shape[:2])
     free = available_cpu() if device == "cpu" else None
     if free is None:
         why = "the GPU has no memory model yet" if device != "cpu" else "free memory unknown"
         _say(f"--content-size max: {why}; keeping the file's {long_side} px")
-        return content, plan
-    cids = weighted_layer_ids(*content_layers, "content layers")[0]
-    sids = weighted_layer_ids(*style_layers, "style layers")[0]
-    estimate_at = plan_estimator(plan, cids, sids)
+        return content
+    estimate_at = plan_estimator(plan)
     fit = largest_fitting(free - weights_cpu(), estimate_at, content.shape[:2])
     if fit is None or fit >= long_side:  # nothing fits (the check says so) or all does
         _say(f"--content-size max: {long_side} px (the file's size)" if fit else
              "--content-size max: not even the smallest content fits")
-        return content, plan
-    content = load_input(path, fit, "content image")
+        return content
     _say(f"--content-size max: {fit} px on the long side (about "
          f"{fmt(estimate_at(fit) + weights_cpu())} of the {fmt(free)} available)")
-    plan = check_arguments(content, style, num_iterations=iterations,
-                           **{k: v for k, v in options.items() if k not in ("seed", "precision")})
-    return content, plan
+    return load_input(path, fit, "content image")
 
 
 def cmd_demo(args):

@@ -136,7 +136,7 @@ def make_initial_image(init, content, styles, blend_weights, seed, init_noise):
 
 Plan = collections.namedtuple(
     "Plan", "num_iterations callback_every content styles blend_weights settings init "
-            "init_noise preserve_colors style_scale sizes per_scale")
+            "init_noise preserve_colors style_scale sizes per_scale content_ids style_ids")
 
 
 def check_arguments(content, style, content_layer_ids=(4,), style_layer_ids=tuple(range(13)),
@@ -154,8 +154,9 @@ def check_arguments(content, style, content_layer_ids=(4,), style_layer_ids=tupl
     step_size = layers.check_number(step_size, "step_size", positive=True)
     content = validate_image(content, "content image")
     styles, blend_weights = style_images(style, style_blend_weights)
-    layers.weighted_layer_ids(content_layer_ids, content_layer_weights, "content layers")
-    layers.weighted_layer_ids(style_layer_ids, style_layer_weights, "style layers")
+    content_ids = layers.weighted_layer_ids(content_layer_ids, content_layer_weights,
+                                            "content layers")[0]
+    style_ids = layers.weighted_layer_ids(style_layer_ids, style_layer_weights, "style layers")[0]
     for v, name in ((weight_content, "weight_content"), (weight_style, "weight_style"),
                     (weight_denoise, "weight_denoise")):
         layers.check_number(v, name)
@@ -192,7 +193,8 @@ def check_arguments(content, style, content_layer_ids=(4,), style_layer_ids=tupl
         for hw in sizes:
             _scaled_style(s, hw, style_scale, check_only=True)
     return Plan(num_iterations, callback_every, content, styles, blend_weights, settings, init,
-                init_noise, preserve_colors, style_scale, sizes, per_scale)
+                init_noise, preserve_colors, style_scale, sizes, per_scale, content_ids,
+                style_ids)
 
 
 @with_presets
@@ -232,8 +234,8 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
     if dev != "gpu" and precision != "fp32":
         raise ValueError(f"precision {precision!r} needs the GPU; the CPU runs fp32")
     if check_memory and dev != "gpu":
-        memory_check_cpu(plan, content_layer_ids, style_layer_ids, content_layer_weights,
-                         style_layer_weights, include_weights=model is None)
+        from .memory import check_plan_cpu
+        check_plan_cpu(plan, include_weights=model is None)
     if model is None:
         from .vgg16 import VGG16
         model = VGG16.load(device=dev)
@@ -287,16 +289,6 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
     if return_gpu:
         return get_array_module(content).asarray(out)
     return to_host(out)
-
-
-def memory_check_cpu(plan, content_layer_ids, style_layer_ids, content_layer_weights=None,
-                     style_layer_weights=None, include_weights=True, available=None):
-    """The CPU preflight: NotEnoughMemory (one line) if the run of `plan` does not
-    fit in the available memory (plus the weights when they are still to load)."""
-    from .memory import check_plan_cpu
-    cids = layers.weighted_layer_ids(content_layer_ids, content_layer_weights, "content layers")[0]
-    sids = layers.weighted_layer_ids(style_layer_ids, style_layer_weights, "style layers")[0]
-    return check_plan_cpu(plan, cids, sids, include_weights, available)
 
 
 def _run_reference(objective, settings, x0, num_iterations, callback, callback_every, report):

@@ -154,13 +154,13 @@ class GpuStyleTransfer:
         # table says im2col was faster on this GPU, that conv keeps im2col.
         # Their tiles (from the same table) are fixed here, with one split-K work
         # buffer for the largest need: no allocation inside the loop.
+        from .ops.conv_igemm import prefers_im2col, select_tiles, splitk_work_size
         self.igemm, self.tiles = [], []
         split_work = 0
         hh, ww = h, w
         for i in range(self.depth):
             cin, cout = model.kernels[i].shape[2:]
             if self.conv == "igemm":
-                from .ops.conv_igemm import prefers_im2col, select_tiles, splitk_work_size
                 px = hh * ww
                 self.igemm.append((not prefers_im2col("fwd", precision, cin, cout, px),
                                    not prefers_im2col("bwd", precision, cout, cin, px)))

@@ -320,10 +320,12 @@ def style_hws_at(plan, hw):
     return out
 
 
-def plan_estimator(plan, content_ids, style_ids):
-    """-> estimate_at(L): HEADROOM x the peak of `plan`'s run (CPU) with the
-    content's long side L (the last scale's; a multiscale run's previous scale is
-    1/√2 of it): what the preflight and --content-size max ask to be free."""
+def plan_estimator(plan, headroom=HEADROOM):
+    """-> estimate_at(L): headroom x the peak of `plan`'s run (CPU; plan from
+    driver.check_arguments, its tap ids included) with the content's long side L
+    (the last scale's; a multiscale run's previous scale is 1/√2 of it): what the
+    preflight and --content-size max ask to be free (bench/memory.py compares the
+    model itself: headroom 1)."""
     last = plan.sizes[-1]
 
     def estimate_at(long_side):
@@ -331,18 +333,17 @@ def plan_estimator(plan, content_ids, style_ids):
         scales = None
         if len(plan.sizes) > 1:
             scales = [resize_hw(hw, max(hw) / math.sqrt(2)), hw]
-        return HEADROOM * estimate_cpu(hw, style_hws_at(plan, hw), content_ids, style_ids,
-                                       plan.settings.name, plan.settings.history,
-                                       plan.per_scale, scales)
+        return headroom * estimate_cpu(hw, style_hws_at(plan, hw), plan.content_ids,
+                                       plan.style_ids, plan.settings.name,
+                                       plan.settings.history, plan.per_scale, scales)
 
     return estimate_at
 
 
-def check_plan_cpu(plan, content_ids, style_ids, include_weights=True, available=None):
+def check_plan_cpu(plan, include_weights=True, available=None):
     """check_cpu for a run of `plan` (the preflight of style_transfer(check_memory=True)
     and `cpstyle run` on the CPU)."""
-    return check_cpu(plan_estimator(plan, content_ids, style_ids), plan.sizes[-1],
-                     include_weights, available)
+    return check_cpu(plan_estimator(plan), plan.sizes[-1], include_weights, available)
 
 
 # ---- the GPU engine's own buffers (cpstyle/gpu_engine.py) ----------------------

@@ -801,14 +801,21 @@ def test_fetch_on_first_use_then_runs(capsys, pics, tmp_path, monkeypatch, weigh
 
 # ---------------------------------------------------------------- memory preflight
 
-def test_run_that_does_not_fit_is_one_line_exit_2(capsys, tmp_path, rng, monkeypatch,
-                                                  no_model):
+def _tight_memory(tmp_path, rng, monkeypatch):
+    """An 800x600 content, a 100 px style, and 300 MB free beside the weights:
+    -> (content path, style path, the free bytes)."""
     from cpstyle import memory
     c, s = tmp_path / "c.png", tmp_path / "s.png"
     Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(c)
     Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(s)
     free = memory.weights_cpu() + 300 * 10 ** 6
     monkeypatch.setattr(memory, "available_cpu", lambda: free)
+    return c, s, free
+
+
+def test_run_that_does_not_fit_is_one_line_exit_2(capsys, tmp_path, rng, monkeypatch,
+                                                  no_model):
+    c, s, _ = _tight_memory(tmp_path, rng, monkeypatch)
     out = tmp_path / "o.png"
     line = assert_user_error(*run_cli(capsys, "run", c, s, "-o", out, "--device", "cpu"),
                              "not enough memory", "800x600", "available",
@@ -827,11 +834,7 @@ def test_run_with_unknown_free_memory_goes_ahead(capsys, pics, tmp_path, monkeyp
 def test_content_size_max_picks_the_largest_that_fits(capsys, tmp_path, rng, monkeypatch,
                                                       fake):
     from cpstyle import memory
-    c, s = tmp_path / "c.png", tmp_path / "s.png"
-    Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(c)
-    Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(s)
-    free = memory.weights_cpu() + 300 * 10 ** 6
-    monkeypatch.setattr(memory, "available_cpu", lambda: free)
+    c, s, free = _tight_memory(tmp_path, rng, monkeypatch)
     rc, out, err = run_cli(capsys, "run", c, s, "-o", tmp_path / "o.png", "--quiet",
                            "--device", "cpu", "--content-size", "max")
     assert rc == 0, err
@@ -841,8 +844,7 @@ def test_content_size_max_picks_the_largest_that_fits(capsys, tmp_path, rng, mon
             "num_iterations")
     plan = cpstyle.driver.check_arguments(fake.content, fake.style,
                                           **{k: fake.kwargs[k] for k in keys})
-    est = memory.plan_estimator(plan, fake.kwargs["content_layer_ids"],
-                                fake.kwargs["style_layer_ids"])
+    est = memory.plan_estimator(plan)
     assert est(fit) + memory.weights_cpu() <= free < est(fit + 1) + memory.weights_cpu()
     # unknown free memory: said, and the file's size kept
     monkeypatch.setattr(memory, "available_cpu", lambda: None)
