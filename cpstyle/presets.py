@@ -99,7 +99,9 @@ def settings(preset, given, style_strength=1.0):
     drop = dropped_by(given)
     out = {k: v for k, v in PRESETS[check_preset(preset)].items() if k not in drop}
     out.update(given)
-    init = out.get("init") or "noise"
+    init = out.get("init")
+    if init is None:
+        init = "noise"
     for key in ("num_iterations", "iterations_per_scale"):  # every preset has the first
         if key in out:
             out[key] = strength_iterations(out[key], style_strength, init)

@@ -85,6 +85,20 @@ def test_style_strength_reaches_the_run(rng):
     assert seen[-1].iteration == seen[-1].num_iterations == 10
 
 
+def test_a_preset_takes_an_image_start(rng):
+    # an array as init under a preset: once a ValueError ("truth value of an
+    # array is ambiguous") from the preset's init check
+    model = small_model(rng)
+    img = rng.uniform(0, 255, (20, 20, 3)).astype(np.float32)
+    start = rng.uniform(0, 255, (20, 20, 3)).astype(np.float32)
+    out = cpstyle.style_transfer(img, img, num_iterations=2, model=model, preset="quality",
+                                 init=start)
+    assert out.shape == img.shape
+    with pytest.raises(ValueError, match="starts from the content.*from 'an image'"):
+        cpstyle.style_transfer(img, img, num_iterations=2, model=model, preset="quality",
+                               init=start, style_strength=2.0)
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(preset="best"), "unknown preset 'best'"),
     (dict(preset=3), "unknown preset"),
