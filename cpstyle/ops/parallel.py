@@ -35,6 +35,12 @@ def scratch(xp, name, shape, dtype):
 
 
 def workers():
+    """Threads for the steps between GEMMs (and the GEMMs' row split, ops/blas.py):
+    CPSTYLE_THREADS if set (a batch worker's share of the cores, cpstyle/batch.py),
+    else every core, at most 8."""
+    n = os.environ.get("CPSTYLE_THREADS", "")
+    if n.isdigit() and int(n) > 0:
+        return int(n)
     return min(os.cpu_count() or 1, 8)
 
 
