@@ -34,7 +34,10 @@ setup(
         "cuda12": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=14"],
         # NVRTC alone compiles the kernels with no GPU and no driver (CI's check)
-        "test": ["pytest>=7", "cupy-cuda13x>=14", "nvidia-cuda-nvrtc>=13,<14"],
+        # `cpstyle batch --engine dask` (cpstyle/batch.py); CI runs its tests too
+        "dask": ["distributed>=2024.1"],
+        "test": ["pytest>=7", "cupy-cuda13x>=14", "nvidia-cuda-nvrtc>=13,<14",
+                 "distributed>=2024.1"],
         # torch is pinned: that build is on local disk here; a bare `torch` pulls GBs
         "bench": ["torch==2.13.0"],
     },
