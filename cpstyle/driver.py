@@ -17,6 +17,12 @@ Around that loop:
   optimizer    "gd" | "adam" | "lbfgs" (cpstyle/optimizers.py), all minimising
                the objective's potential Φ; constant_weights drops the 1/L factors.
   pooling      "max" | "avg" pools in VGG-16 (None: the model's own).
+  denoise_norm "none" | "hw": "hw" divides the total variation L_d (a sum over
+               pixels) by H·W, so that with constant_weights its weight means
+               the same at every size (L_c and L_s are means already). Under the
+               reciprocal weights a constant factor on L_d cancels, so there it
+               changes nothing. Done by dividing weight_denoise by H·W at each
+               scale; progress reports L_d as the sum.
   preserve_colors  "none" | "after" | "before" (cpstyle/colors.py).
   multiscale   coarse to fine in √2 steps up to the content's size, starting at
                the smallest such scale whose long side is >= min_size (scale_sizes);
@@ -45,6 +51,7 @@ from .presets import with_presets
 from .progress import LOSS_NAMES, Interrupted, Progress  # noqa: F401 (the API's names here too)
 
 INITS = ("noise", "content", "style", "blend")
+DENOISE_NORMS = ("none", "hw")
 DEFAULT_MIN_SIZE = 128
 
 
@@ -146,7 +153,8 @@ def check_arguments(content, style, content_layer_ids=(4,), style_layer_ids=tupl
                     style_layer_weights=None, style_blend_weights=None, style_scale=None,
                     constant_weights=False, optimizer="gd", learning_rate=None,
                     lbfgs_history=None, pooling=None, preserve_colors="none",
-                    multiscale=False, min_size=None, iterations_per_scale=None):
+                    multiscale=False, min_size=None, iterations_per_scale=None,
+                    denoise_norm="none"):
     """Every check of style_transfer's arguments that needs no model (so the CLI
     can run them before it loads the weights) -> a Plan; ValueError otherwise."""
     num_iterations = check_iterations(num_iterations)
@@ -162,6 +170,8 @@ def check_arguments(content, style, content_layer_ids=(4,), style_layer_ids=tupl
         layers.check_number(v, name)
     if gram_norm not in GRAM_NORMS:
         raise ValueError(f"unknown gram_norm {gram_norm!r}: use one of {GRAM_NORMS}")
+    if denoise_norm not in DENOISE_NORMS:
+        raise ValueError(f"unknown denoise_norm {denoise_norm!r}: use one of {DENOISE_NORMS}")
     settings = check_optimizer(optimizer, step_size, learning_rate, lbfgs_history)
     init, init_noise = check_init(init, init_noise)
     preserve_colors = check_preserve_colors(preserve_colors)
@@ -207,7 +217,7 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
                    style_blend_weights=None, style_scale=None, constant_weights=False,
                    optimizer="gd", learning_rate=None, lbfgs_history=None, pooling=None,
                    preserve_colors="none", multiscale=False, min_size=None,
-                   iterations_per_scale=None, check_memory=True):
+                   iterations_per_scale=None, check_memory=True, denoise_norm="none"):
     """Returns the mixed image, float32 (H, W, 3) 0..255, numpy or cupy like
     `content`. Every argument is checked (check_arguments) before the weights
     are loaded. Keyword-only `preset` ("tutorial", the default, or "quality") and
@@ -225,7 +235,7 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
         style_scale=style_scale, constant_weights=constant_weights, optimizer=optimizer,
         learning_rate=learning_rate, lbfgs_history=lbfgs_history, pooling=pooling,
         preserve_colors=preserve_colors, multiscale=multiscale, min_size=min_size,
-        iterations_per_scale=iterations_per_scale)
+        iterations_per_scale=iterations_per_scale, denoise_norm=denoise_norm)
     content, styles, blend_weights = plan.content, plan.styles, plan.blend_weights
     init, init_noise, settings = plan.init, plan.init_noise, plan.settings
     preserve_colors, style_scale = plan.preserve_colors, plan.style_scale
@@ -268,18 +278,19 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
             else:
                 x0 = to_host(_resized(x, hw))
             report = dict(scale=k, num_scales=len(sizes), size=tuple(int(v) for v in hw))
+            w_d = denoise_weight_at(weight_denoise, denoise_norm, constant_weights, hw)
             obj_kw = dict(gram_norm=gram_norm, content_layer_weights=content_layer_weights,
                           style_layer_weights=style_layer_weights,
                           style_blend_weights=blend_weights, constant_weights=constant_weights)
             if dev == "gpu":
                 from .gpu_engine import GpuStyleTransfer
                 engine = GpuStyleTransfer(model, c_k, s_k, content_layer_ids, style_layer_ids,
-                                          weight_content, weight_style, weight_denoise,
+                                          weight_content, weight_style, w_d,
                                           precision=precision, optimizer=settings, **obj_kw)
                 x = engine.run(x0, per_scale, None, callback, callback_every, report)
             else:
                 objective = StyleObjective(c_k, s_k, content_layer_ids, style_layer_ids,
-                                           weight_content, weight_style, weight_denoise,
+                                           weight_content, weight_style, w_d,
                                            model=model, **obj_kw)
                 x = _run_reference(objective, settings, x0, per_scale, callback,
                                    callback_every, report)
@@ -289,6 +300,14 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
     if return_gpu:
         return get_array_module(content).asarray(out)
     return to_host(out)
+
+
+def denoise_weight_at(weight_denoise, denoise_norm, constant_weights, hw):
+    """The total variation's weight at an (H, W) scale (module docstring:
+    denoise_norm)."""
+    if denoise_norm == "hw" and constant_weights:
+        return float(weight_denoise) / (int(hw[0]) * int(hw[1]))
+    return weight_denoise
 
 
 def _run_reference(objective, settings, x0, num_iterations, callback, callback_every, report):

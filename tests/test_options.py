@@ -174,6 +174,21 @@ def test_constant_weights_in_the_loop(model, pics):
         assert p.objective == pytest.approx(expect, rel=1e-6)
 
 
+def test_denoise_norm_divides_the_tv_weight_by_the_pixels_with_constant_weights(model, pics):
+    content, style = pics
+    h, w = content.shape[:2]
+    _, a = collect(model, content, style, constant_weights=True, num_iterations=1,
+                   weight_denoise=0.3 * h * w, denoise_norm="hw")
+    _, b = collect(model, content, style, constant_weights=True, num_iterations=1)
+    assert [p.objective for p in a] == pytest.approx([p.objective for p in b], rel=1e-6)
+    assert a[-1].losses == pytest.approx(b[-1].losses, rel=1e-5)  # L_d reported as the sum
+    # the reciprocal weights: a factor on L_d cancels, so "hw" changes nothing
+    x = run(model, content, style, denoise_norm="hw")
+    assert np.array_equal(x, run(model, content, style))
+    assert driver.denoise_weight_at(2.0, "hw", True, (4, 5)) == 0.1
+    assert driver.denoise_weight_at(2.0, "hw", False, (4, 5)) == 2.0
+
+
 def test_layer_weights_in_the_loop(model, pics):
     content, style = pics
     _, a = collect(model, content, style, num_iterations=0,
@@ -249,6 +264,7 @@ def test_interrupted_multiscale_returns_the_content_size(model, rng):
     (dict(style_scale=0), "style_scale"),
     (dict(style_scale=0.1), "at least 16"),
     (dict(constant_weights="yes"), "constant_weights"),
+    (dict(denoise_norm="mean"), "unknown denoise_norm 'mean'"),
 ])
 def test_bad_combinations_are_refused_before_loading(kw, match, pics, monkeypatch):
     content, style = pics
