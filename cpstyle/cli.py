@@ -274,6 +274,8 @@ def callback_schedule(progress, save_every, trace=False):
 # ---------------------------------------------------------------- presets
 
 CLI_PRESET = "quality"  # `run`'s and `demo`'s default (the API's is the tutorial)
+WEIGHT_DEFAULTS = {k: presets.PRESETS["tutorial"][k]  # style_transfer's (tests/test_presets.py)
+                   for k in ("weight_content", "weight_style", "weight_denoise")}
 
 # style_transfer keyword -> `run` option (its attribute), for the options a preset sets
 PRESET_OPTIONS = {
@@ -282,7 +284,8 @@ PRESET_OPTIONS = {
     "style_layer_weights": "style_layer_weights",
     "weight_content": "content_weight", "weight_style": "style_weight",
     "weight_denoise": "denoise_weight", "num_iterations": "iterations",
-    "step_size": "step_size", "gram_norm": "gram_norm", "init": "init",
+    "step_size": "step_size", "gram_norm": "gram_norm", "denoise_norm": "denoise_norm",
+    "init": "init",
     "init_noise": "init_noise", "optimizer": "optimizer", "style_scale": "style_scale",
     "learning_rate": "learning_rate", "lbfgs_history": "lbfgs_history",
     "constant_weights": "constant_weights", "pooling": "pooling",
@@ -314,13 +317,21 @@ def apply_preset(args):
         attr = PRESET_OPTIONS[key]
         if key not in given and key not in dropped:
             setattr(args, attr, _cli_value(key, value))
+    for key in ("weight_content", "weight_style", "weight_denoise"):
+        if _opt(args, PRESET_OPTIONS[key]) is None:  # dropped: style_transfer's own default
+            setattr(args, PRESET_OPTIONS[key], WEIGHT_DEFAULTS[key])
     args.preset = name
     return name
 
 
 def apply_strength(args):
-    """--style-strength S: the iterations (per scale with --multiscale) times S."""
+    """--style-strength S: with --constant-weights the style weight times S (the
+    run goes to a balance of the weights); otherwise the iterations (per scale
+    with --multiscale) times S, for a run that starts from the content."""
     s = _opt(args, "style_strength", 1.0)
+    if _opt(args, "constant_weights"):
+        args.style_weight = presets.strength_weight(args.style_weight, s)
+        return
     init = _opt(args, "init") or "noise"
     args.iterations = presets.strength_iterations(args.iterations, s, init)
     if _opt(args, "iterations_per_scale") is not None:
@@ -509,6 +520,7 @@ def run_inputs(args, styles_in, settings, device):
         weight_denoise=args.denoise_weight,
         step_size=args.step_size if args.step_size is not None else STEP_SIZE,
         seed=args.seed, gram_norm=args.gram_norm, init=init,
+        denoise_norm=_opt(args, "denoise_norm") or "none",
         init_noise=_opt(args, "init_noise") or 0.0,
         content_layer_weights=content_lw, style_layer_weights=style_lw,
         style_blend_weights=blend, style_scale=style_scale,
@@ -914,6 +926,10 @@ def _run_options(p, outputs=True):
                         "the image sizes); hw: divide it by height*width (better when "
                         "content and style sizes differ, with --multiscale and with "
                         "--constant-weights; see bench/OPTIMIZERS.md)")
+    p.add_argument("--denoise-norm", choices=("none", "hw"), default=None,
+                   help="none: the total variation as a sum over pixels; hw: divided by "
+                        "height*width, so that with --constant-weights --denoise-weight "
+                        "means the same at every size (no effect on reciprocal weights)")
     if outputs:
         p.add_argument("--save-every", type=_whole(1), default=None, metavar="N",
                        help="also write OUT-stem_0010.ext etc. every N iterations")
@@ -929,10 +945,11 @@ def _preset_options(p):
                         f"explicitly override the preset's values")
     lo, hi = presets.STRENGTH_RANGE
     p.add_argument("--style-strength", type=_number(True), default=1.0, metavar="S",
-                   help=f"how far a run from the content goes towards the style "
-                        f"({lo:g}..{hi:g}): the iterations times S, and the time with "
-                        f"them; below 1 keeps more of the content, above 1 takes more "
-                        f"of the style (needs --init content, as the quality preset has)")
+                   help=f"between content and style ({lo:g}..{hi:g}, default 1): below 1 "
+                        f"keeps more of the content, above 1 takes more of the style. "
+                        f"With constant weights (the quality preset) the style weight "
+                        f"times S; with reciprocal weights the iterations times S (the "
+                        f"time with them; needs --init content)")
 
 
 def _describe(values):

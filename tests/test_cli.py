@@ -669,17 +669,27 @@ def test_given_options_override_the_preset(capsys, pics, tmp_path, fake):
         (q["init"], q["optimizer"], q["gram_norm"])
 
 
-def test_style_strength_scales_the_iterations(capsys, pics, tmp_path, fake):
+def test_style_strength_scales_the_style_weight_or_the_iterations(capsys, pics, tmp_path,
+                                                                  fake):
     q = presets.PRESETS["quality"]
     assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
                                      "--style-strength", "2"))[0] == 0
-    assert fake.kwargs["num_iterations"] == 2 * q["num_iterations"]
-    assert fake.kwargs["weight_style"] == q["weight_style"]
+    assert fake.kwargs["weight_style"] == 2 * q["weight_style"]  # constant weights
+    assert fake.kwargs["num_iterations"] == q["num_iterations"]
     assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
-                                     "--iterations", "40", "--style-strength", "0.5"))[0] == 0
-    assert fake.kwargs["num_iterations"] == 20
+                                     "--style-weight", "100", "--style-strength", "0.5"))[0] == 0
+    assert fake.kwargs["weight_style"] == 50.0
+    # reciprocal weights: the iterations, and the weights are style_transfer's own
     assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
-                                     "--multiscale", "--iterations-per-scale", "10",
+                                     "--no-constant-weights", "--iterations", "40",
+                                     "--style-strength", "0.5"))[0] == 0
+    kw = fake.kwargs
+    assert kw["num_iterations"] == 20 and kw["constant_weights"] is False
+    assert (kw["weight_content"], kw["weight_style"], kw["weight_denoise"]) == (1.5, 10.0, 0.3)
+    assert kw["denoise_norm"] == "none"
+    assert run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu", "--quiet",
+                                     "--no-constant-weights", "--multiscale",
+                                     "--iterations-per-scale", "10",
                                      "--style-strength", "3"))[0] == 0
     assert fake.kwargs["iterations_per_scale"] == 30
 

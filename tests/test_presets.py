@@ -62,15 +62,34 @@ def test_a_given_layer_list_drops_the_presets_layer_weights():
     assert "step_size" not in s  # the tutorial's step belongs to its gd
 
 
-def test_style_strength_scales_the_iterations_of_a_content_start():
+def test_style_strength_scales_the_style_weight_of_a_constant_weight_run():
     q = presets.PRESETS["quality"]
-    assert presets.settings("quality", {}, 2.0)["num_iterations"] == 2 * q["num_iterations"]
-    assert presets.settings("quality", {}, 0.2)["num_iterations"] == round(0.2 * q["num_iterations"])
-    s = presets.settings("quality", {"num_iterations": 10, "weight_style": 4.0}, 0.5)
+    assert q["constant_weights"] is True
+    s = presets.settings("quality", {}, 2.0)
+    assert s["weight_style"] == 2 * q["weight_style"]
+    assert s["num_iterations"] == q["num_iterations"] and s["weight_content"] == q["weight_content"]
+    s = presets.settings("quality", {"weight_style": 10.0, "multiscale": True,
+                                     "iterations_per_scale": 30}, 0.5)
+    assert s["weight_style"] == 5.0 and s["iterations_per_scale"] == 30
+    assert presets.settings("quality", {}, 1.0) == q
+    with pytest.raises(ValueError, match=r"style_strength must be in \[0.2, 5\]"):
+        presets.settings("quality", {}, 9.0)
+
+
+def test_style_strength_scales_the_iterations_of_a_reciprocal_content_start():
+    q = presets.PRESETS["quality"]
+    s = presets.settings("quality", {"constant_weights": False}, 2.0)
+    assert s["num_iterations"] == 2 * q["num_iterations"]
+    # the preset's weights carry its constant weights' scales: dropped with them
+    assert not {"weight_content", "weight_style", "weight_denoise", "denoise_norm"} & set(s)
+    s = presets.settings("quality", {"constant_weights": False, "num_iterations": 10,
+                                     "weight_style": 4.0}, 0.5)
     assert s["num_iterations"] == 5 and s["weight_style"] == 4.0  # the weights stay
-    s = presets.settings("quality", {"multiscale": True, "iterations_per_scale": 30}, 2.0)
+    s = presets.settings("quality", {"constant_weights": False, "multiscale": True,
+                                     "iterations_per_scale": 30}, 2.0)
     assert s["iterations_per_scale"] == 60
-    assert presets.settings("quality", {"num_iterations": 0}, 3.0)["num_iterations"] == 0
+    assert presets.settings("quality", {"constant_weights": False,
+                                        "num_iterations": 0}, 3.0)["num_iterations"] == 0
     assert presets.settings("tutorial", {"init": "content"}, 1.5)["num_iterations"] == 180
     with pytest.raises(ValueError, match="starts from the content.*from 'noise'"):
         presets.settings("tutorial", {}, 2.0)
@@ -96,7 +115,7 @@ def test_a_preset_takes_an_image_start(rng):
     assert out.shape == img.shape
     with pytest.raises(ValueError, match="starts from the content.*from 'an image'"):
         cpstyle.style_transfer(img, img, num_iterations=2, model=model, preset="quality",
-                               init=start, style_strength=2.0)
+                               init=start, style_strength=2.0, constant_weights=False)
 
 
 @pytest.mark.parametrize("kw, match", [
