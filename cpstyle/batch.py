@@ -57,7 +57,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -965,13 +964,7 @@ def run_batch(jobs, out_dir, *, options=None, log=None, force=False, engine="loc
 
 
 def _probe(folder):
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".cpstyle-probe-", suffix=".tmp")
-    except OSError as e:
-        raise PermissionError(f"--out-dir {folder}: cannot write there "
-                              f"({e.strerror or e})") from None
-    os.close(fd)
-    os.unlink(probe)
+    cli.probe_folder(folder, f"--out-dir {folder}: cannot write there")
 
 
 def _record(log, summary, task, status, error, res, engine, t0):

@@ -163,14 +163,20 @@ def check_output(path, option):
         raise NotADirectoryError(f"{option} {path}: {folder} is not a folder")
     if path.is_dir():
         raise IsADirectoryError(f"{option} {path}: is a folder, not an image file name")
+    probe_folder(folder, f"{option} {path}: cannot write in folder {folder}")
+    return path
+
+
+def probe_folder(folder, problem):
+    """PermissionError("problem (why)") unless a file can be made in `folder`
+    (made and removed: root ignores permission bits, os.access() cannot see
+    read-only mounts)."""
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".cpstyle-probe-", suffix=".tmp")
     except OSError as e:
-        raise PermissionError(f"{option} {path}: cannot write in folder {folder} "
-                              f"({e.strerror or e})") from None
+        raise PermissionError(f"{problem} ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(probe)
-    return path
 
 
 def _same_file(a, b):

@@ -19,13 +19,11 @@ from PIL import Image
 
 from cpstyle import batch, cli
 from cpstyle.ops import parallel
+from test_cli import _no_debug  # noqa: F401 (autouse: CLI errors as a user sees them)
 
 FAST = {"iterations": 3, "style_size": 32}
 
 
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("CPSTYLE_DEBUG", raising=False)
 
 
 @pytest.fixture
