@@ -153,6 +153,10 @@ OPTION_RUNS = {
                   gram_norm="hw", init="content", init_noise=20.0,
                   kernels=("lbfgs_pair_kernel", "lbfgs_first_loop_kernel",
                            "lbfgs_second_loop_kernel", "maxpool_backward_kernel")),
+    # the quality preset's combination: L-BFGS on constant weights, 1/C²-like layers
+    "lbfgs-constant": dict(optimizer="lbfgs", constant_weights=True, gram_norm="hw",
+                           init="content", style_layer_weights=[16, 1, 0.25],
+                           kernels=("lbfgs_pair_kernel", "lbfgs_second_loop_kernel")),
 }
 
 
