@@ -10,8 +10,12 @@ command again, which must skip all 12. Measured in the same run, from the log:
 
     overhead = batch wall time / (sum of the jobs' own style_transfer seconds / workers)
 
-(workers: the distinct worker processes in the log). Targets: overhead <= 1.15
-with either engine; the rerun under 5 s. One line per case:
+(workers: the distinct worker processes in the log). Then, per engine, the same
+12 jobs in this process (cpstyle.batch.run_batch; Dask: a local cluster of worker
+processes) while one busy worker is killed with SIGKILL after the first job is
+done. Targets: overhead <= 1.15 with either engine; the rerun under 5 s; with a
+worker killed, every job done exactly once and the log showing the lost attempt
+and its retry. One line per case:
 
     batch local | 12 jobs 128 px 30 it | 2 workers | wall 61.2 s | jobs 110.3 s | 1.11x | rerun 0.9 s
 
@@ -97,6 +101,76 @@ def measure(engine, case, workers=None, folder=None):
                 job_s_median=sorted(r["seconds"] for r in done)[len(done) // 2])
 
 
+def _kill_once_done(log, find_pid, deadline=120):
+    """Once the log has a done record, SIGKILL the process find_pid() names."""
+    import signal
+    t0 = time.time()
+    while time.time() - t0 < deadline:
+        if log.exists() and '"done"' in log.read_text():
+            pid = find_pid()
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.05)
+    return None
+
+
+def measure_kill(engine, case, workers, folder):
+    """The batch run in this process (cpstyle.batch.run_batch) while one busy worker
+    process is killed (SIGKILL) after the first job is done: every job must end
+    done exactly once, and the log must show the lost attempt and its retry."""
+    import multiprocessing
+    import threading
+    from cpstyle import batch
+    out = folder / f"kill-{engine}"
+    log = out / batch.LOG_NAME
+    jobs = batch.pair_jobs(folder / "contents", folder / "styles")
+    options = dict(content_size=case["size"], iterations=case["iterations"], seed=0)
+    killed, kw = [], dict(options=options, workers=workers or 2, device="cpu", progress=False)
+    cluster = client = None
+    if engine == "local":
+        before = {p.pid for p in multiprocessing.active_children()}
+
+        def find():
+            kids = [p.pid for p in multiprocessing.active_children() if p.pid not in before]
+            return kids[0] if kids else None
+    else:
+        import distributed
+        cluster = distributed.LocalCluster(n_workers=workers or 2, threads_per_worker=1,
+                                           processes=True, dashboard_address=None)
+        client = distributed.Client(cluster)
+        kw.update(engine="dask", client=client)
+
+        def find():
+            running = client.run(lambda dask_worker: (os.getpid(),
+                                                     len(dask_worker.state.executing)))
+            busy = [pid for pid, n in running.values() if n]
+            return busy[0] if busy else None
+    t = threading.Thread(target=lambda: killed.append(_kill_once_done(log, find)))
+    t.start()
+    t0 = time.perf_counter()
+    try:
+        summary = batch.run_batch(jobs, out, **kw)
+    finally:
+        t.join()
+        if client is not None:
+            client.close()
+            cluster.close()
+    wall = time.perf_counter() - t0
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    done = [r["output"] for r in recs if r["status"] == "done"]
+    lost = [r for r in recs if r["status"] == "lost"]
+    retried = [r for r in lost if any(x["output"] == r["output"] and x["attempt"] == r["attempt"] + 1
+                                      and x["retry"] and x["status"] == "done" for x in recs)]
+    files = sorted(p.name for p in out.iterdir())
+    ok = (bool(killed and killed[0]) and sorted(done) == sorted(j.output for j in jobs)
+          and bool(lost) and len(retried) == len(lost)
+          and files == sorted([j.output for j in jobs] + [batch.LOG_NAME]))
+    return dict(engine=engine, jobs=len(jobs), killed_pid=killed[0] if killed else None,
+                done=len(done), lost=len(lost), retried=len(retried),
+                every_job_done_once=ok, wall_s=wall, failed=summary.failed)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 x 2 jobs at 48 px, 3 iterations")
@@ -106,7 +180,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     case = QUICK if args.quick else FULL
     print(_device(), flush=True)
-    results = []
+    results, kills = [], []
     with tempfile.TemporaryDirectory(prefix="cpstyle-bench-batch-") as tmp:
         folder = Path(tmp)
         for sub, names, n in (("contents", CONTENTS, case["contents"]),
@@ -120,15 +194,22 @@ def main(argv=None):
             print(f"batch {r['engine']} | {r['jobs']} jobs {r['size']} px {r['iterations']} it | "
                   f"{r['workers']} workers | wall {r['wall_s']:.1f} s | jobs {r['job_seconds']:.1f} s "
                   f"| {r['overhead']:.2f}x | rerun {r['rerun_s']:.1f} s", flush=True)
-    ok = all(r["overhead"] <= OVERHEAD_TARGET and r["rerun_s"] < RERUN_TARGET_S for r in results)
+            k = measure_kill(engine.strip(), case, args.workers, folder)
+            kills.append(k)
+            print(f"batch {k['engine']} | a worker killed (SIGKILL) mid-batch | {k['done']} of "
+                  f"{k['jobs']} done, {k['lost']} lost and {k['retried']} re-run | every job "
+                  f"done once: {k['every_job_done_once']} | wall {k['wall_s']:.1f} s", flush=True)
+    ok = all(r["overhead"] <= OVERHEAD_TARGET and r["rerun_s"] < RERUN_TARGET_S for r in results) \
+        and all(k["every_job_done_once"] for k in kills)
     if not args.quick:
-        print(f"targets (overhead <= {OVERHEAD_TARGET}x, rerun < {RERUN_TARGET_S:g} s): "
+        print(f"targets (overhead <= {OVERHEAD_TARGET}x, rerun < {RERUN_TARGET_S:g} s, a killed "
+              f"worker's job re-run, every job done once): "
               f"{'met' if ok else 'NOT met'}")
     commit = _commit()
     out = Path(args.out) if args.out else RESULTS / f"batch-cpu-{commit}.json"
     doc = dict(device=_device(), commit=commit, quick=args.quick, case=case,
                targets=dict(overhead=OVERHEAD_TARGET, rerun_s=RERUN_TARGET_S),
-               met=None if args.quick else ok, results=results,
+               met=None if args.quick else ok, results=results, worker_killed=kills,
                time=time.strftime("%Y-%m-%d %H:%M:%S"))
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out}")
