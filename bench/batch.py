@@ -101,8 +101,9 @@ def measure(engine, case, workers=None, folder=None):
                 job_s_median=sorted(r["seconds"] for r in done)[len(done) // 2])
 
 
-def _kill_once_done(log, find_pid, deadline=120):
-    """Once the log has a done record, SIGKILL the process find_pid() names."""
+def kill_once_done(log, find_pid, deadline=120):
+    """Once the log has a done record, SIGKILL the process find_pid() names (also
+    tests/test_batch.py's worker-death tests) -> its pid, or None by the deadline."""
     import signal
     t0 = time.time()
     while time.time() - t0 < deadline:
@@ -113,6 +114,13 @@ def _kill_once_done(log, find_pid, deadline=120):
                 return pid
         time.sleep(0.05)
     return None
+
+
+def busy_dask_worker(client):
+    """The pid of a Dask worker process that is running a task, or None."""
+    running = client.run(lambda dask_worker: (os.getpid(), len(dask_worker.state.executing)))
+    busy = [pid for pid, n in running.values() if n]
+    return busy[0] if busy else None
 
 
 def measure_kill(engine, case, workers, folder):
@@ -142,11 +150,8 @@ def measure_kill(engine, case, workers, folder):
         kw.update(engine="dask", client=client)
 
         def find():
-            running = client.run(lambda dask_worker: (os.getpid(),
-                                                     len(dask_worker.state.executing)))
-            busy = [pid for pid, n in running.values() if n]
-            return busy[0] if busy else None
-    t = threading.Thread(target=lambda: killed.append(_kill_once_done(log, find)))
+            return busy_dask_worker(client)
+    t = threading.Thread(target=lambda: killed.append(kill_once_done(log, find)))
     t.start()
     t0 = time.perf_counter()
     try:

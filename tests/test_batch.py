@@ -8,15 +8,14 @@ Jobs are tiny (32x40 content, a few iterations) on the real weights (marker
 fraction of a second per job."""
 import json
 import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bench.batch import busy_dask_worker, kill_once_done
 from cpstyle import batch, cli
 from cpstyle.ops import parallel
 from test_cli import _no_debug  # noqa: F401 (autouse: CLI errors as a user sees them)
@@ -300,19 +299,6 @@ def test_dry_run_lists_and_writes_nothing(tmp_path, folders, capsys):
     assert not out.exists()
 
 
-def _kill_when(log, find_pid, deadline=60):
-    """Once the log has a done record, kill the process find_pid() names (SIGKILL)."""
-    t0 = time.time()
-    while time.time() - t0 < deadline:
-        if log.exists() and '"done"' in log.read_text():
-            pid = find_pid()
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-                return pid
-        time.sleep(0.02)
-    return None
-
-
 def _assert_every_job_done_once(summary, out, outputs):
     recs = records(out / batch.LOG_NAME)
     done = [r["output"] for r in recs if r["status"] == "done"]
@@ -339,7 +325,7 @@ def test_local_worker_killed_mid_job(tmp_path, folders, weights_path):
         def child():
             kids = [p.pid for p in multiprocessing.active_children() if p.pid not in before]
             return kids[0] if kids else None
-        killed.append(_kill_when(log, child))
+        killed.append(kill_once_done(log, child))
     t = threading.Thread(target=killer)
     t.start()
     s = batch.run_batch(jobs, out, options=dict(FAST, iterations=20), workers=2, progress=False)
@@ -402,13 +388,8 @@ def test_dask_worker_killed_mid_job(tmp_path, folders, weights_path):
                          dashboard_address=None) as cluster, dd.Client(cluster) as client:
         killed = []
 
-        def busy_worker_pid():
-            running = client.run(lambda dask_worker: (os.getpid(),
-                                                     len(dask_worker.state.executing)))
-            busy = [pid for pid, n in running.values() if n]
-            return busy[0] if busy else None
-
-        t = threading.Thread(target=lambda: killed.append(_kill_when(log, busy_worker_pid)))
+        t = threading.Thread(target=lambda: killed.append(
+            kill_once_done(log, lambda: busy_dask_worker(client))))
         t.start()
         s = batch.run_batch(jobs, out, options=dict(FAST, iterations=20), engine="dask",
                             client=client, progress=False)
