@@ -5,13 +5,22 @@ tutorial; cupy arrays are accepted where an array is. Loading refuses anything
 it cannot decode completely (truncated files included) and any header claiming
 more than MAX_IMAGE_PIXELS before decoding it; saving is atomic.
 
+Saving quantises x in 0..255 to 8 bits as rint(clip(x, 0, 255)) (Pillow writes
+the file), or to 16 bits as rint(clip(x, 0, 255)·65535/255) = rint(clip(x)·257),
+exact in float64, so an 8-bit value v becomes v·257. Pillow cannot write 48-bit
+RGB, so 16-bit PNG (IHDR depth 16, colour type 2, every row filtered "Up") and
+baseline TIFF (little-endian, uncompressed, one strip) are written here, a band
+of rows at a time so a print-size float image is never copied whole.
+
 Tests: tests/test_images.py. Bundled demo images: cpstyle/data/ (LICENSES.md).
 """
 import numbers
 import os
 import re
+import struct
 import threading
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +36,8 @@ MAX_IMAGE_PIXELS = 100_000_000
 
 SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG",
                 ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+BITS = (8, 16)  # per channel, save_image's `bits`
+SUFFIXES_16BIT = (".png", ".tif", ".tiff")
 
 _DATA = Path(__file__).resolve().parent / "data"
 DEMO_CONTENT = "tubingen.jpg"
@@ -229,7 +240,8 @@ def resize_to(image, height, width, clip=True):
 
 # ---------------------------------------------------------------- saving
 
-def _to_uint8(image, what="image"):
+def _host_pixels(image, what="image"):
+    """A (H, W, 3) image of numbers as a host array, checked (not copied)."""
     a = np.asarray(to_host(image))
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"{what} must have shape (H, W, 3), got {a.shape}")
@@ -237,17 +249,107 @@ def _to_uint8(image, what="image"):
         raise ValueError(f"{what} is empty: shape {a.shape}")
     if a.dtype.kind not in "fiub":
         raise ValueError(f"{what} has dtype {a.dtype}; expected numbers 0..255")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"{what} holds NaN or infinite values; nothing was written")
-    return np.rint(np.clip(a, 0.0, 255.0)).astype(np.uint8)
+    return a
 
 
-def save_image(image, filename, quality=95):
+def _to_uint8(image, what="image"):
+    a = _host_pixels(image, what)
+    if a.dtype == np.uint8:
+        return a
+    return np.rint(np.clip(a.astype(np.float64), 0.0, 255.0)).astype(np.uint8)
+
+
+def _blocks16(a, rows=256):
+    """Bands of `rows` rows of a checked image as uint16: rint(clip(x)·257)."""
+    for y in range(0, a.shape[0], rows):
+        band = np.clip(a[y:y + rows].astype(np.float64), 0.0, 255.0)
+        yield np.rint(band * 257.0).astype(np.uint16)  # (rows, W, 3)
+
+
+def _chunk(fh, kind, data):
+    fh.write(struct.pack(">I", len(data)) + kind)
+    fh.write(data)
+    fh.write(struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
+
+
+def write_png16(fh, a):
+    """A checked (H, W, 3) 0..255 image -> fh as a 48-bit RGB PNG. Filter 2 (Up)
+    on every row: each byte minus the byte above, mod 256 (row 0: minus zeros)."""
+    h, w = a.shape[:2]
+    fh.write(b"\x89PNG\r\n\x1a\n")
+    _chunk(fh, b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    z = zlib.compressobj(6)
+    above = np.zeros(w * 6, np.uint8)
+    for block in _blocks16(a):
+        rows = block.astype(">u2").view(np.uint8).reshape(len(block), w * 6)  # big-endian
+        up = np.empty((len(rows), 1 + w * 6), np.uint8)
+        up[:, 0] = 2
+        np.subtract(rows, np.vstack([above[None], rows[:-1]]), out=up[:, 1:])
+        above = rows[-1]
+        data = z.compress(up.tobytes())
+        if data:
+            _chunk(fh, b"IDAT", data)
+    _chunk(fh, b"IDAT", z.flush())
+    _chunk(fh, b"IEND", b"")
+
+
+def write_tiff16(fh, a):
+    """A checked (H, W, 3) 0..255 image -> fh as a baseline RGB TIFF, 16 bits per
+    sample, little-endian, uncompressed, one strip (at most 4 GB: no BigTIFF)."""
+    h, w = a.shape[:2]
+    nbytes = h * w * 6
+    if nbytes >= 1 << 32:
+        raise ValueError(f"a {w}x{h} image is over the 4 GB a 16-bit TIFF strip holds; "
+                         f"save it as .png")
+    short, long_, rational = 3, 4, 5
+    extra = 8 + 2 + 13 * 12 + 4           # after the header and the IFD
+    bits_at, xres_at, yres_at, pixels_at = extra, extra + 6, extra + 14, extra + 22
+    entries = [(256, long_, 1, w), (257, long_, 1, h), (258, short, 3, bits_at),
+               (259, short, 1, 1), (262, short, 1, 2), (273, long_, 1, pixels_at),
+               (277, short, 1, 3), (278, long_, 1, h), (279, long_, 1, nbytes),
+               (282, rational, 1, xres_at), (283, rational, 1, yres_at),
+               (284, short, 1, 1), (296, short, 1, 2)]  # sorted tags; 72 dpi, inch
+    fh.write(b"II" + struct.pack("<HI", 42, 8) + struct.pack("<H", len(entries)))
+    for tag, kind, count, value in entries:  # a SHORT value sits in the low bytes
+        fh.write(struct.pack("<HHII", tag, kind, count, value))
+    fh.write(struct.pack("<I", 0) + struct.pack("<3H", 16, 16, 16)
+             + struct.pack("<4I", 72, 1, 72, 1))
+    for block in _blocks16(a):
+        fh.write(block.astype("<u2").tobytes())
+
+
+def check_bits(path, bits, what="bits"):
+    """ValueError unless `bits` (8 or 16 per channel) fits the format of path's
+    suffix; names the format and the suffixes that hold 16 bits."""
+    if isinstance(bits, bool) or bits not in BITS:
+        raise ValueError(f"{what} must be 8 or 16 (per channel), got {bits!r}")
+    suffix = Path(path).suffix.lower()
+    if bits == 16 and suffix in SAVE_FORMATS and suffix not in SUFFIXES_16BIT:
+        raise ValueError(f"{what} 16: {path} would be {SAVE_FORMATS[suffix]}, which holds "
+                         f"8 bits per channel; 16 bits need {', '.join(SUFFIXES_16BIT)}")
+    return bits
+
+
+def write_image(fh, image, fmt, quality=95, bits=8):
+    """(H, W, 3) 0..255 -> an open binary file in `fmt` (a SAVE_FORMATS value) with
+    `bits` per channel (16: PNG and TIFF only)."""
+    if bits == 16:
+        if fmt not in ("PNG", "TIFF"):
+            raise ValueError(f"{fmt} holds 8 bits per channel; 16 bits need PNG or TIFF")
+        (write_png16 if fmt == "PNG" else write_tiff16)(fh, _host_pixels(image))
+        return
+    opts = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
+    Image.fromarray(_to_uint8(image), "RGB").save(fh, format=fmt, **opts)
+
+
+def save_image(image, filename, quality=95, bits=8):
     """Write a (H, W, 3) 0..255 image (numpy or cupy) to filename, format from the
     suffix (.jpg/.jpeg, .png, .tif/.tiff, .webp); values are clipped and rounded to
-    8 bits. Atomic: written to a temp file in the same folder, then os.replace, so
-    an existing file is never left half-written. Returns the Path."""
+    `bits` per channel: 8, or 16 for .png and .tif/.tiff (module docstring).
+    Atomic: written to a temp file in the same folder, then os.replace, so an
+    existing file is never left half-written. Returns the Path."""
     path = Path(filename).expanduser()
     fmt = SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -256,18 +358,18 @@ def save_image(image, filename, quality=95):
     if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) \
             or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an integer 1..100, got {quality!r}")
-    pixels = _to_uint8(image)
+    check_bits(path, bits)
+    pixels = _to_uint8(image) if bits == 8 else _host_pixels(image)
     folder = path.parent
     if not folder.is_dir():
         why = "is not a folder" if folder.exists() else "does not exist"
         raise FileNotFoundError(f"cannot save image {path}: folder {folder} {why}")
     if path.is_dir():
         raise IsADirectoryError(f"cannot save image {path}: it is a folder")
-    opts = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                Image.fromarray(pixels, "RGB").save(fh, format=fmt, **opts)
+                write_image(fh, pixels, fmt, quality, bits)
     except OSError as e:
         if e.errno is not None or isinstance(e, PermissionError):
             raise type(e)(f"cannot save image {path}: {e.strerror or e}") from None

@@ -4,6 +4,7 @@ is made in the test with PIL, except the bundled ones."""
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,6 +366,123 @@ def test_save_replaces_existing(tmp_path):
     I.save_image(np.full((16, 16, 3), 200.0, np.float32), p)
     assert np.asarray(Image.open(p)).min() == 200
     assert [q.name for q in tmp_path.iterdir()] == ["out.png"]
+
+
+# ---------------------------------------------------------------- 16-bit output
+
+def read_png16(path):
+    """A 16-bit RGB PNG decoded here (Pillow reads it as 8 bits): every chunk's CRC
+    checked, the IHDR, the IDATs inflated and unfiltered -> uint16 (H, W, 3)."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, []
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        assert struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(kind + body), kind
+        chunks.append((kind, body))
+        pos += 12 + n
+    kinds = [k for k, _ in chunks]
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and set(kinds[1:-1]) == {b"IDAT"}
+    w, h, depth, colour, comp, filt, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    assert (depth, colour, comp, filt, interlace) == (16, 2, 0, 0, 0)
+    raw = np.frombuffer(zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT")),
+                        np.uint8).reshape(h, 1 + w * 6)
+    rows, above = np.empty((h, w * 6), np.uint8), np.zeros(w * 6, np.uint8)
+    for y in range(h):
+        kind = raw[y, 0]
+        assert kind in (0, 2), f"row {y}: filter {kind} (this decoder knows None and Up)"
+        rows[y] = raw[y, 1:] + (above if kind == 2 else 0)  # mod 256
+        above = rows[y]
+    return rows.view(">u2").reshape(h, w, 3).astype(np.uint16)
+
+
+def read_tiff16(path):
+    """A 16-bit RGB TIFF: its tags as Pillow parses them checked, the strip read
+    here (Pillow reads it as 8 bits) -> uint16 (H, W, 3)."""
+    with Image.open(path) as im:
+        tags, (w, h) = im.tag_v2, im.size
+        im.load()  # Pillow decodes it too
+    assert tags[258] == (16, 16, 16) and tags[277] == 3 and tags[262] == 2
+    assert tags[259] == 1 and tags.get(284, 1) == 1
+    (offset,), (count,) = tags[273], tags[279]
+    assert count == h * w * 6
+    data = Path(path).read_bytes()[offset:offset + count]
+    return np.frombuffer(data, "<u2").reshape(h, w, 3)
+
+
+def spec16(a):
+    """The 16-bit quantisation as the issue states it: round(clip(x, 0, 255)/255*65535)."""
+    return np.rint(np.clip(np.asarray(a, np.float64), 0, 255) * 65535 / 255).astype(np.uint16)
+
+
+READERS16 = {".png": read_png16, ".tif": read_tiff16, ".tiff": read_tiff16}
+
+
+@pytest.mark.parametrize("suffix", list(READERS16))
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 33, 3), (300, 5, 3)])  # 300: two bands
+def test_save_16bit_exact(tmp_path, rng, suffix, shape):
+    a = rng.uniform(-3, 258, shape).astype(np.float32)
+    a.flat[:4] = [0.0, 255.0, 0.5, 1.5]  # ends; x*257 = 128.5, 385.5: half to even
+    p = I.save_image(a, tmp_path / f"x{suffix}", bits=16)
+    np.testing.assert_array_equal(READERS16[suffix](p), spec16(a))
+    assert [q.name for q in tmp_path.iterdir()] == [p.name]  # atomic: no temp left
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_gradient_does_not_band(tmp_path, suffix):
+    # 100 .. 101 across 64 px: 8 bits have two values for it, 16 bits 64
+    a = np.repeat((100 + np.arange(64) / 63)[None, :, None], 3, axis=2)
+    a = np.repeat(a, 16, axis=0).astype(np.float32)
+    got = READERS16[suffix](I.save_image(a, tmp_path / f"g{suffix}", bits=16))
+    np.testing.assert_array_equal(got, spec16(a))
+    assert len(np.unique(got[0, :, 0])) == 64
+    eight = np.asarray(Image.open(I.save_image(a, tmp_path / f"g8{suffix}")))
+    assert len(np.unique(eight[0, :, 0])) == 2
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_file_is_what_pillow_reads(tmp_path, rng, suffix):
+    # whole values v are v*257 in 16 bits: Pillow's 8-bit view (the high byte) is v
+    a = rng.integers(0, 256, (19, 23, 3)).astype(np.float32)
+    p = I.save_image(a, tmp_path / f"v{suffix}", bits=16)
+    with Image.open(p) as im:
+        assert im.size == (23, 19) and im.format == I.SAVE_FORMATS[suffix]
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), a.astype(np.uint8))
+    np.testing.assert_array_equal(READERS16[suffix](p), a.astype(np.uint16) * 257)
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.jpeg", "x.webp"])
+def test_16bit_refused_for_8bit_formats(tmp_path, name):
+    with pytest.raises(ValueError, match=r"holds 8 bits per channel; 16 bits need "
+                                         r"\.png, \.tif, \.tiff") as e:
+        I.save_image(np.zeros((16, 16, 3), np.float32), tmp_path / name, bits=16)
+    assert I.SAVE_FORMATS[name[1:]] in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bits", [0, 12, 32, True, "16", None])
+def test_bad_bits(tmp_path, bits):
+    with pytest.raises(ValueError, match="bits must be 8 or 16"):
+        I.save_image(np.zeros((16, 16, 3), np.float32), tmp_path / "x.png", bits=bits)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_16bit_nan_refused_and_failed_write_leaves_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "out.png"
+    p.write_bytes(b"old")
+    a = np.zeros((16, 16, 3), np.float32)
+    a[3, 2, 1] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        I.save_image(a, p, bits=16)
+
+    def full(fh, kind, data):
+        fh.write(b"half")
+        raise OSError("disk full (simulated)")
+    monkeypatch.setattr(I, "_chunk", full)
+    with pytest.raises(OSError, match="disk full"):
+        I.save_image(np.zeros((16, 16, 3), np.float32), p, bits=16)
+    assert p.read_bytes() == b"old" and [q.name for q in tmp_path.iterdir()] == ["out.png"]
 
 
 @pytest.mark.gpu
