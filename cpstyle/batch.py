@@ -64,7 +64,7 @@ from pathlib import Path
 from . import __version__, cli
 from .atomic import write_atomic
 from .driver import INITS, style_transfer
-from .images import SAVE_FORMATS, _to_uint8
+from .images import SAVE_FORMATS, check_bits, write_image
 from .vgg16 import VGG16
 
 LOG_NAME = "cpstyle-batch.jsonl"
@@ -302,6 +302,8 @@ def job_settings(args):
         v = getattr(args, d, None)
         out[d] = list(v) if isinstance(v, tuple) else v
     out.pop("quiet", None)
+    if out.get("output_bits") == 8:  # the default: ids made before the option stay valid
+        del out["output_bits"]
     return out
 
 
@@ -476,7 +478,7 @@ def run_job(payload):
                                **payload["options"])
         result["seconds"] = time.perf_counter() - t0
         result["target_hits"] = model.hits - hits
-        result["data"] = encode_image(mixed, payload["suffix"])
+        result["data"] = encode_image(mixed, payload["suffix"], bits=payload["bits"])
         result.update(status="done", losses=dict(last) or None, started=started,
                       finished=time.time())
     except (ValueError, OSError, MemoryError) as e:
@@ -486,13 +488,11 @@ def run_job(payload):
     return result
 
 
-def encode_image(image, suffix, quality=QUALITY):
-    """(H, W, 3) 0..255 -> the file's bytes in the format of `suffix` (save_image's)."""
-    from PIL import Image
-    fmt = SAVE_FORMATS[suffix.lower()]
+def encode_image(image, suffix, quality=QUALITY, bits=8):
+    """(H, W, 3) 0..255 -> the file's bytes in the format of `suffix` with `bits`
+    per channel (save_image's)."""
     buf = io.BytesIO()
-    opts = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    Image.fromarray(_to_uint8(image), "RGB").save(buf, format=fmt, **opts)
+    write_image(buf, image, SAVE_FORMATS[suffix.lower()], quality, bits)
     return buf.getvalue()
 
 
@@ -817,6 +817,7 @@ def _resolve(job, base, device):
         if suffix not in SAVE_FORMATS:
             raise ValueError(f"output {job.output}: unknown image suffix {suffix!r}; use "
                              f"one of {', '.join(SAVE_FORMATS)}")
+        check_bits(job.output, args.output_bits, "--output-bits")
         task.settings = cli.run_settings(args, 1)
         args.content, args.style, args.device = str(job.content), [str(job.style)], device
         check = cli.check_precision(getattr(args, "precision", None) or "fp32", device)
@@ -838,6 +839,7 @@ def _prepare(task, device, budget):
     task.size, task.iterations = list(content.shape[:2]), iterations * num_scales
     return dict(content=content, style=styles[0], iterations=iterations, options=options,
                 device=device, suffix=Path(task.job.output).suffix.lower(),
+                bits=task.args.output_bits,
                 key=f"cpstyle-{task.id}-{task.attempt}-{os.getpid()}-{time.monotonic_ns()}")
 
 
@@ -1062,6 +1064,8 @@ def main(args):
         jobs = read_manifest(args.manifest)
     elif args.contents and args.styles:
         jobs = pair_jobs(args.contents, args.styles, args.ext)
+        if jobs:  # --ext is the batch's: a bad pair with --output-bits is a bad command line
+            check_bits(jobs[0].output, args.output_bits, "--output-bits")
     elif args.contents or args.styles:
         raise ValueError("--contents and --styles go together (every content with "
                          "every style)")

@@ -30,8 +30,8 @@ from .colors import PRESERVE_COLORS
 from .driver import (DEFAULT_MIN_SIZE, INITS, Interrupted, check_arguments,
                      scale_sizes, style_transfer)
 from .gpu_engine import PRECISIONS
-from .images import (SAVE_FORMATS, demo_paths, load_image, make_sheet, save_image,
-                     validate_image)
+from .images import (SAVE_FORMATS, check_bits, demo_paths, load_image, make_sheet,
+                     save_image, validate_image)
 from .layers import (LAYER_NAMES, MIN_IMAGE_SIZE, check_number, check_weights, layer_ids,
                      weighted_layer_ids)
 from .memory import NotEnoughMemory, check_plan_cpu
@@ -348,10 +348,10 @@ def apply_strength(args):
 # ---------------------------------------------------------------- run / demo
 
 def stylise(content, style, out, *, iterations, device, save_every, sheet, quiet,
-            num_scales=1, trace=None, plot=None, **options):
+            num_scales=1, trace=None, plot=None, output_bits=8, **options):
     """The optimisation with progress, snapshots, Ctrl-C handling, and the result
-    files (image, sheet, trace, plot). `options` go to style_transfer as they are.
-    Returns the exit status."""
+    files (image at output_bits per channel; snapshots and sheet 8-bit; trace,
+    plot). `options` go to style_transfer as they are. Returns the exit status."""
     from .trace import Trace, plot_losses
     every = callback_schedule(not quiet, save_every, trace is not None or plot is not None)
     total = iterations * num_scales
@@ -381,14 +381,14 @@ def stylise(content, style, out, *, iterations, device, save_every, sheet, quiet
             check_memory=False, **options)
     except Interrupted as e:
         bar.close()
-        save_image(e.image, out)
+        save_image(e.image, out, bits=output_bits)
         records_out()
         _say(f"interrupted after {e.iteration} iterations; saved {out}")
         return 130
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    save_image(mixed, out)
+    save_image(mixed, out, bits=output_bits)  # the float result, quantised once
     first_style = style[0] if isinstance(style, list) else style
     if sheet is not None:
         make_sheet(content, mixed, first_style, sheet)
@@ -457,6 +457,7 @@ def cmd_run(args):
     styles_in = args.style if isinstance(args.style, list) else [args.style]
     settings = run_settings(args, len(styles_in))
     out = check_output(args.output, "-o")
+    bits = check_bits(out, _opt(args, "output_bits", 8), "--output-bits")
     sheet = check_output(args.sheet, "--sheet") if args.sheet else None
     plot = check_output(args.plot, "--plot") if _opt(args, "plot") else None
     trace = None
@@ -491,7 +492,8 @@ def cmd_run(args):
     style = styles[0] if len(styles) == 1 else styles
     return stylise(content, style, out, iterations=iterations, device=device,
                    save_every=args.save_every, sheet=sheet, quiet=args.quiet,
-                   num_scales=num_scales, trace=trace, plot=plot, model=model, **options)
+                   num_scales=num_scales, trace=trace, plot=plot, output_bits=bits,
+                   model=model, **options)
 
 
 def run_inputs(args, styles_in, settings, device):
@@ -936,6 +938,10 @@ def _run_options(p, outputs=True):
                    help="none: the total variation as a sum over pixels; hw: divided by "
                         "height*width, so that with --constant-weights --denoise-weight "
                         "means the same at every size (no effect on reciprocal weights)")
+    p.add_argument("--output-bits", type=int, choices=(8, 16), default=8,
+                   help="bits per channel of the output image: 16 for prints (no banding "
+                        "in smooth gradients), PNG and TIFF only; --save-every snapshots "
+                        "and --sheet stay 8-bit")
     if outputs:
         p.add_argument("--save-every", type=_whole(1), default=None, metavar="N",
                        help="also write OUT-stem_0010.ext etc. every N iterations")

@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from bench.batch import busy_dask_worker, kill_once_done
-from cpstyle import batch, cli
+from cpstyle import batch, cli, images
 from cpstyle.ops import parallel
 from test_cli import _no_debug  # noqa: F401 (autouse: CLI errors as a user sees them)
+from test_images import read_png16
 
 FAST = {"iterations": 3, "style_size": 32}
 
@@ -138,12 +139,34 @@ def test_bad_manifest_is_one_line_exit_2(capsys, tmp_path, manifest, words):
     (("--contents", "nope", "--styles", "."), ("nope", "not a folder")),
     (("--contents", ".", "--styles", ".", "--scheduler", "tcp://x:1"), ("--engine dask",)),
     (("--contents", ".", "--styles", ".", "--iterations", "-2"), ("--iterations",)),
+    (("--contents", ".", "--styles", ".", "--output-bits", "16"),  # --ext .jpg
+     ("--output-bits 16", "JPEG", ".png, .tif, .tiff")),
 ])
 def test_bad_command_line_is_one_line_exit_2(capsys, tmp_path, folders, argv, words):
     c, s = folders
     argv = [str(c) if a == "." and i == 1 else str(s) if a == "." else a
             for i, a in enumerate(argv)]
     one_line_error(*run_cli(capsys, "batch", *argv, "--out-dir", tmp_path / "o")[::2], *words)
+
+
+def test_output_bits_in_the_job_id(folders):
+    c, s = folders
+    base = batch.base_options(FAST)
+    ids = {bits: batch._resolve(batch.Job(c / "a.png", s / "x.jpg", "a_x.png",
+                                          {"output_bits": bits}), base, "cpu").id
+           for bits in ("8", "16")}
+    assert None not in ids.values() and ids["8"] != ids["16"]
+    assert "output_bits" not in batch.job_settings(base)  # 8: the ids made before it hold
+    bad = batch._resolve(batch.Job(c / "a.png", s / "x.jpg", "a_x.jpg", {"output_bits": 16}),
+                         base, "cpu")
+    assert "--output-bits 16" in bad.error and "JPEG" in bad.error
+
+
+def test_encode_image_16_bits_is_save_image_s(tmp_path, rng):
+    a = rng.uniform(0, 255, (9, 17, 3)).astype(np.float32)
+    for suffix in (".png", ".tif"):
+        saved = images.save_image(a, tmp_path / f"x{suffix}", bits=16).read_bytes()
+        assert batch.encode_image(a, suffix, bits=16) == saved
 
 
 def test_missing_distributed_names_the_extra(capsys, tmp_path, folders, monkeypatch):
@@ -262,6 +285,16 @@ def test_bad_jobs_are_logged_and_the_batch_goes_on(tmp_path, folders, weights_pa
     rc, stdout, _ = run_cli(capsys, "batch", m, "--out-dir", out, "--iterations", "3",
                             "--style-size", "32", "-q")
     assert rc == 3 and "6 jobs: 0 done, 2 skipped, 4 failed" in stdout
+
+
+@pytest.mark.weights
+def test_16_bit_outputs(tmp_path, folders, weights_path):
+    out = tmp_path / "out"
+    s = batch.run_batch(pair_dicts(folders)[:1], out, options={**FAST, "output_bits": 16},
+                        workers=1, progress=False)
+    assert (s.done, s.failed) == (1, 0)
+    got = read_png16(out / "a_x.png")
+    assert got.shape == (32, 40, 3) and (got % 257).any()  # not 8-bit values widened
 
 
 @pytest.mark.weights

@@ -24,6 +24,7 @@ import cpstyle
 from cpstyle import cli, presets, weights
 from cpstyle.driver import Progress
 from cpstyle.gpu_engine import PRECISIONS
+from test_images import read_png16, read_tiff16, spec16
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -163,6 +164,7 @@ def test_header_claims_30000x30000(capsys, pics, tmp_path, no_model):
     ("--style-scale", "0.1", ("style_scale", "at least 16")),
     ("--lbfgs-history", "0", ("--lbfgs-history", ">= 1")),
     ("--precision", "fp16", ("--precision", "invalid choice", "fp16")),
+    ("--output-bits", "12", ("--output-bits", "invalid choice", "8, 16")),
 ])
 def test_bad_option(capsys, pics, tmp_path, no_model, option, value, words):
     # "--opt=value" so that argparse reads "-1" as a value, as a user would hope;
@@ -748,6 +750,60 @@ def test_python_m_help():
         assert cmd in r.stdout
 
 
+# ---------------------------------------------------------------- --output-bits 16
+
+def _depth(path):
+    return path.read_bytes()[24]  # a PNG's bit depth: the IHDR's ninth byte
+
+
+@pytest.mark.parametrize("name, read", [("out.png", read_png16), ("out.tif", read_tiff16)])
+def test_output_bits_16_writes_the_float_result(capsys, pics, tmp_path, monkeypatch,
+                                                name, read):
+    """The engine's float image reaches the 16-bit writer unrounded: values 1/16
+    apart, which 8 bits would merge, stay apart."""
+    img = (100 + np.arange(24 * 24 * 3).reshape(24, 24, 3) / 16).astype(np.float32)
+    monkeypatch.setattr(cli, "style_transfer", lambda content, style, **kw: img)
+    monkeypatch.setattr(cli, "load_model", lambda device: None)
+    rc, out, err = run_cli(capsys, *run_args(pics, tmp_path, "--output-bits", "16",
+                                             "--device", "cpu", "--quiet", out=name))
+    assert rc == 0, err
+    got = read(tmp_path / name)
+    np.testing.assert_array_equal(got, spec16(img))
+    assert len(np.unique(got)) == img.size > len(np.unique(np.rint(img)))
+
+
+def test_output_bits_16_snapshots_and_sheet_stay_8_bit(capsys, pics, tmp_path, fake):
+    out, sheet = tmp_path / "mixed.png", tmp_path / "sheet.png"
+    rc, stdout, err = run_cli(capsys, *run_args(pics, tmp_path, "--output-bits", "16",
+                                                "--iterations", "4", "--save-every", "4",
+                                                "--sheet", sheet, "--device", "cpu",
+                                                out="mixed.png"))
+    assert rc == 0, err
+    assert (_depth(out), _depth(tmp_path / "mixed_0004.png"), _depth(sheet)) == (16, 8, 8)
+    np.testing.assert_array_equal(read_png16(out), np.full((24, 24, 3), 4 * 257))
+
+
+def test_interrupted_16_bit_run_saves_16_bits(capsys, pics, tmp_path, monkeypatch):
+    img = np.random.default_rng(5).uniform(0, 255, (24, 24, 3)).astype(np.float32)
+
+    def interrupted(*a, **k):
+        raise cpstyle.Interrupted(img, 3)
+    monkeypatch.setattr(cli, "style_transfer", interrupted)
+    monkeypatch.setattr(cli, "load_model", lambda device: None)
+    rc, stdout, err = run_cli(capsys, *run_args(pics, tmp_path, "--device", "cpu",
+                                                "--output-bits", "16"))
+    assert rc == 130, err
+    np.testing.assert_array_equal(read_png16(tmp_path / "out.png"), spec16(img))
+
+
+@pytest.mark.parametrize("name, fmt", [("out.jpg", "JPEG"), ("out.webp", "WEBP")])
+def test_output_bits_16_needs_png_or_tiff(capsys, pics, tmp_path, no_model, name, fmt):
+    assert_user_error(*run_cli(capsys, *run_args(pics, tmp_path, "--output-bits", "16",
+                                                 out=name)),
+                      "--output-bits 16", fmt, "8 bits per channel", ".png, .tif, .tiff")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["content.png", "style.png"]
+
+
 # ---------------------------------------------------------------- real runs
 
 @pytest.mark.weights
@@ -764,6 +820,21 @@ def test_tiny_real_run(capsys, pics, tmp_path, weights_path):
     assert w > 3 * 24 and h > 24
     assert str(out) in stdout and "2 iterations" in stdout
     assert "Traceback" not in err
+
+
+@pytest.mark.weights
+def test_tiny_real_run_16_bit_tiff(capsys, pics, tmp_path, monkeypatch, weights_path):
+    """The real engine's float result written as 16 bits, exactly."""
+    results, real = [], cli.style_transfer
+    monkeypatch.setattr(cli, "style_transfer",
+                        lambda *a, **k: results.append(real(*a, **k)) or results[-1])
+    out = tmp_path / "out.tif"
+    rc, stdout, err = run_cli(capsys, *run_args(pics, tmp_path, "--iterations", "2",
+                                                "--device", "cpu", "--seed", "0", "--quiet",
+                                                "--output-bits", "16", out="out.tif"))
+    assert rc == 0, err
+    assert results[0].dtype == np.float32 and str(out) in stdout
+    np.testing.assert_array_equal(read_tiff16(out), spec16(results[0]))
 
 
 @pytest.mark.weights
