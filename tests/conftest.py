@@ -46,14 +46,23 @@ def vgg_cpu(weights_path):
     return VGG16.load(device="cpu", path=weights_path)
 
 
-@pytest.fixture(params=["rows", "one-gemm"])
+@pytest.fixture(params=["rows", "one-gemm", "winograd"])
 def conv_form(request, monkeypatch):
     """Run a test with every NumPy conv in the row-shifted form (ops/conv.py,
-    whatever its size) or with none (the one-GEMM lowerings)."""
-    from cpstyle.ops import blas, conv
+    whatever its size), with none (the one-GEMM lowerings), or with every one
+    in the Winograd form (ops/winograd.py) in blocks of one tile row, so block
+    edges and the split over threads are crossed even on small images."""
+    from cpstyle.ops import blas, conv, winograd
+    if request.param != "one-gemm" and not blas.available(np.float64):
+        pytest.skip("NumPy's BLAS is not reachable here (ops/blas.py)")
+    if request.param == "winograd":
+        monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+        monkeypatch.setattr(conv, "WINOGRAD_MIN_WORK", 1)
+        monkeypatch.setattr(winograd, "MIN_TILES", 1)
+        monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
+        return request.param
+    monkeypatch.setattr(conv, "WINOGRAD", False)
     if request.param == "rows":
-        if not blas.available(np.float64):
-            pytest.skip("NumPy's BLAS is not reachable here (ops/blas.py)")
         monkeypatch.setattr(conv, "ROWS_MIN_PIXELS", 1)
         monkeypatch.setattr(conv, "ROWS_MIN_COLUMNS", 1)
     else:

@@ -44,8 +44,10 @@ def test_backward_gradcheck_through_all_layers_odd_shape(rng, pooling, tap_ids, 
     r = {i: rng.standard_normal(t.shape) for i, t in taps.items()}
     dx = model.backward(r, caches)
     f = lambda z: sum(float(np.sum(t * r[i])) for i, t in model.forward(z, tap_ids)[0].items())
-    # avg pools sum more terms: roundoff passes truncation below eps ~1e-4 there
-    err = directional_check(f, dx, x, rng, eps=1e-5 if pooling == "max" else 1e-3)
+    # f is piecewise linear, so the differences' error is roundoff (|f| ~ 300:
+    # ~1e-6 at eps 1e-5 on some directions, in every conv form) and any kink
+    # inside ±eps; eps 1e-4 (avg pools, more terms: 1e-3) keeps both below 3e-7
+    err = directional_check(f, dx, x, rng, eps=1e-4 if pooling == "max" else 1e-3)
     assert err < 1e-6, f"relative error {err:.3g}"
 
 

@@ -38,12 +38,20 @@ not K. Timed inside 256x256 objective iterations (2-core VM, both forms in one
 process): conv1_2 forward 29 ms against 44, the 26 conv passes 443 ms against
 523.
 
-Kernels: kernels/conv.cu (the GPU path uses im2col). Tests: tests/test_conv.py."""
+Winograd F(2x2, 3x3) (NumPy, forward and backward; ops/winograd.py): per 2x2
+output tile, y = Aᵀ[Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B)]A, i.e. 16 GEMMs (tiles, Cin) @
+(Cin, Cout) where the taps take 36 per tile: 2.25x fewer GEMM flops, for
+additions-only input and output transforms made in blocks per thread. It
+pays where the GEMMs dominate those transforms: both channel counts >= 128
+and enough work per image (uses_winograd; the measurements by the limits).
+
+Kernels: kernels/conv.cu (the GPU path uses im2col). Tests: tests/test_conv.py,
+tests/test_winograd.py."""
 import numpy as np
 
 from .. import cuda
 from ..backend import get_array_module
-from . import blas
+from . import blas, winograd
 from .parallel import in_row_blocks, in_row_chunks, scratch
 
 # The NumPy backend's third form (module docstring): on when NumPy's OpenBLAS
@@ -56,6 +64,18 @@ ROWS_FORM = True
 ROWS_MIN_COLUMNS = 16
 ROWS_MIN_PIXELS = 1024
 
+# The NumPy backend's Winograd form (ops/winograd.py; module docstring), when
+# BLAS is reachable (ops/blas.py), before the row-shifted form: where both
+# channel counts are at least WINOGRAD_MIN_CHANNELS and the GEMM work per
+# image, pixels·Cin·Cout, at least WINOGRAD_MIN_WORK. Below those its NumPy
+# transforms and short GEMMs cost more than the 2.25x fewer flops save
+# (bench/winograd.py, one process alternating, 2-core VM: 64 channels at
+# 128² .. 512² 1.07x .. 1.73x the row-shifted form's time; 32²x128 and 8²x512,
+# 2^24 each, 1.1x .. 1.3x; 16²x256, 2^24, 0.95x; 2^26 and up 0.52x .. 0.88x).
+# Tests switch it off (WINOGRAD = False) to run the other forms.
+WINOGRAD = True
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_WORK = 1 << 25
 
 def _matmul(xp, a, b, out):
     """out = a @ b: on NumPy through blas.matmul (our threads, OpenBLAS's own
@@ -70,6 +90,13 @@ def uses_rows_form(columns, pixels, dtype):
     pixels per image take the row-shifted form?"""
     return (ROWS_FORM and columns >= ROWS_MIN_COLUMNS and pixels >= ROWS_MIN_PIXELS
             and blas.available(dtype))
+
+
+def uses_winograd(cin, cout, pixels, dtype):
+    """Does a NumPy conv from `cin` to `cout` channels over `pixels` pixels per
+    image take the Winograd form (the backward: cin and cout swapped)?"""
+    return (WINOGRAD and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
+            and pixels * cin * cout >= WINOGRAD_MIN_WORK and blas.available(dtype))
 
 
 def im2col_cpu(x, out=None):
@@ -110,9 +137,17 @@ def gemm_weights(w, wflip=None):
     conv_input_grad_cpu for this kernel, C-contiguous.
     A transposed view works too, but OpenBLAS packs it more slowly: the model
     keeps these (about 1.7x the weights' memory) for 12 ms of a 0.61 s 256²
-    iteration (in-process A/B, 2-core VM)."""
+    iteration (in-process A/B, 2-core VM).
+    Where the Winograd form may take this kernel (uses_winograd's channel
+    rule), its transformed kernels are made here too and kept by ops/winograd
+    while w lives: the model's load holds their memory (16/9 of the kernel's,
+    each way), not its first evaluation."""
     xp = get_array_module(w)
     cin, cout = w.shape[2], w.shape[3]
+    if xp is np and WINOGRAD and min(cin, cout) >= WINOGRAD_MIN_CHANNELS \
+            and blas.available(w.dtype):
+        winograd.transformed_kernel(w)
+        winograd.transformed_kernel(w, flip=True)
     wflip = flip_kernel(w) if wflip is None else wflip
     fwd = (xp.ascontiguousarray(wflip.reshape(9 * cout, cin).T) if cout <= cin
            else w.reshape(9 * cin, cout))  # (Cin, 9*Cout) or (9*Cin, Cout)
@@ -141,6 +176,10 @@ def conv_forward_cpu(x, w, b, wflip=None, out=None, wmat=None):
         v += b
         xp.maximum(v, 0, out=v)
 
+    if xp is np and uses_winograd(cin, cout, h * wd, x.dtype):
+        y = winograd.winograd_cpu(x, winograd.transformed_kernel(w), out=out,
+                                  epilogue=lambda a, lo, hi: bias_relu(a[:, lo:hi]))
+        return y, (w, y)
     if xp is np and uses_rows_form(cout, h * wd, x.dtype):
         y = conv_rows_cpu(x, xp.ascontiguousarray(w).reshape(3, 3 * cin, cout), out=out,
                           epilogue=lambda a, lo, hi: bias_relu(a[:, lo:hi]))
@@ -208,6 +247,9 @@ def conv_input_grad_cpu(dz, w, wflip=None, epilogue=None, out=None, wmat=None):
     cin = w.shape[2]
     if out is not None:
         cuda.out_array(xp, out, (n, h, wd, cin), dz.dtype, what="conv: out")
+    if xp is np and uses_winograd(cout, cin, h * wd, dz.dtype):
+        return winograd.winograd_cpu(dz, winograd.transformed_kernel(w, flip=True), out=out,
+                                     epilogue=epilogue)
     if xp is np and uses_rows_form(cin, h * wd, dz.dtype):
         wflip = flip_kernel(w) if wflip is None else wflip
         return conv_rows_cpu(dz, wflip.reshape(3, 3 * cout, cin), out=out, epilogue=epilogue)
