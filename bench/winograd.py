@@ -25,7 +25,8 @@ default rule), alternating: the losses must agree to 1e-5 relative and the
 gradients to a cosine > 0.99999 first.
 
 The machine is shared and noisy: only the ratios of neighbouring runs mean
-much. One line per case:
+much, and the load average (1, 5, 15 minutes) at the start and the end says
+how much else ran. One line per case:
 
     winograd fwd | conv3_2 | 1x64x64x256->256 | current 27.52 ms | winograd 18.37 ms |
         ratio 0.67 (median of 7 pairs: 0.62..0.71) | rule on
@@ -207,8 +208,10 @@ def main(argv=None):
     device = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": workers(),
               "numpy": np.__version__, "blas_reachable": blas.available(np.float32),
               "python": platform.python_version()}
+    load = os.getloadavg()
     print(f"device: cpu | {device['cpu']} | {device['cores']} cores, {device['threads']} threads | "
-          f"numpy {device['numpy']} | commit {commit[:8]}{' (dirty)' if dirty else ''}", flush=True)
+          f"numpy {device['numpy']} | commit {commit[:8]}{' (dirty)' if dirty else ''} | "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     if not device["blas_reachable"]:
         print("NumPy's BLAS is not reachable (ops/blas.py): Winograd never runs here")
         return 1
@@ -229,9 +232,12 @@ def main(argv=None):
         for n in sizes:
             evals.append(eval_case(n, eval_repeats, model, rng))
     ok = all(r["check_ok"] for r in layers + evals)
+    load_end = os.getloadavg()
+    print(f"load average at the end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} "
+          f"(the machine's other work: {device['cores']} cores)")
     doc = {"benchmark": "bench/winograd.py", "date": datetime.date.today().isoformat(),
            "commit": commit, "dirty": dirty, "device": device, "repeats": repeats,
-           "eval_repeats": eval_repeats, "weights": "random" if opts.quick else "real",
+           "eval_repeats": eval_repeats, "load_average": [list(load), list(load_end)], "weights": "random" if opts.quick else "real",
            "layers": layers, "evaluations": evals, "checks_passed": ok}
     if not opts.no_save and (opts.out or not opts.quick):
         path = opts.out or os.path.join(REPO, "bench", "results",
