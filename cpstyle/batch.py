@@ -302,6 +302,7 @@ def job_settings(args):
         v = getattr(args, d, None)
         out[d] = list(v) if isinstance(v, tuple) else v
     out.pop("quiet", None)
+    out.pop("memory_plan", None)  # how the memory is spent, not the picture
     if out.get("output_bits") == 8:  # the default: ids made before the option stay valid
         del out["output_bits"]
     return out
@@ -834,8 +835,11 @@ def _prepare(task, device, budget):
     from .memory import check_plan_cpu
     content, styles, iterations, num_scales, options, plan = cli.run_inputs(
         task.args, [str(task.job.style)], task.settings, device)
-    if device == "cpu" and budget is not None:
-        check_plan_cpu(plan, include_weights=True, available=budget)
+    if device == "cpu":
+        choice = check_plan_cpu(plan, include_weights=True,
+                                available=budget if budget is not None else 10 ** 18,
+                                memory_plan=getattr(task.args, "memory_plan", "auto"))
+        options["memory_plan"] = choice.bands or "whole"
     task.size, task.iterations = list(content.shape[:2]), iterations * num_scales
     return dict(content=content, style=styles[0], iterations=iterations, options=options,
                 device=device, suffix=Path(task.job.output).suffix.lower(),

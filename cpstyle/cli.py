@@ -34,7 +34,7 @@ from .images import (SAVE_FORMATS, check_bits, demo_paths, load_image, make_shee
                      save_image, validate_image)
 from .layers import (LAYER_NAMES, MIN_IMAGE_SIZE, check_number, check_weights, layer_ids,
                      weighted_layer_ids)
-from .memory import NotEnoughMemory, check_plan_cpu
+from .memory import NotEnoughMemory, check_plan_cpu, describe
 from .optimizers import DEFAULT_LBFGS_HISTORY, DEFAULT_LEARNING_RATE, OPTIMIZERS
 
 PROG = "cpstyle"
@@ -483,7 +483,11 @@ def cmd_run(args):
     content, styles, iterations, num_scales, options, plan = run_inputs(
         args, styles_in, settings, device)
     if device == "cpu":  # the memory preflight (cpstyle/memory.py; none yet for the GPU)
-        check_plan_cpu(plan)
+        choice = check_plan_cpu(plan, memory_plan=_opt(args, "memory_plan", "auto"))
+        line = describe(choice, plan.sizes[-1])
+        if line and not _opt(args, "quiet"):
+            _say(line)
+        options["memory_plan"] = choice.bands or "whole"
     announce = getattr(args, "announce", None)  # the demo says what it is doing
     if announce:
         _say(announce.format(content=content, style=styles[0], device=device,
@@ -542,7 +546,8 @@ def run_inputs(args, styles_in, settings, device):
     # the API's own checks, before the (slow) weights load
     plan = _checked(content, style, iterations, options)
     if fit_max:
-        content = fit_content(args.content, content, plan, device)
+        content = fit_content(args.content, content, plan, device,
+                              _opt(args, "memory_plan", "auto"))
         plan = _checked(content, style, iterations, options)
         num_scales = len(plan.sizes)
     return content, styles, iterations, num_scales, options, plan
@@ -559,18 +564,18 @@ def _checked(content, style, iterations, options):
                            **{k: v for k, v in options.items() if k not in ("seed", "precision")})
 
 
-def fit_content(path, content, plan, device):
+def fit_content(path, content, plan, device, memory_plan="auto"):
     """--content-size max: the content at the largest long side that fits in the
     available memory with the weights (cpstyle/memory.py), said on stderr. Unknown
     free memory, or the GPU (no model yet): the file's size, said too."""
-    from .memory import available_cpu, fmt, largest_fitting, plan_estimator, weights_cpu
+    from .memory import available_cpu, fit_estimator, fmt, largest_fitting, weights_cpu
     long_side = max(content.shape[:2])
     free = available_cpu() if device == "cpu" else None
     if free is None:
         why = "the GPU has no memory model yet" if device != "cpu" else "free memory unknown"
         _say(f"--content-size max: {why}; keeping the file's {long_side} px")
         return content
-    estimate_at = plan_estimator(plan)
+    estimate_at = fit_estimator(plan, memory_plan)
     fit = largest_fitting(free - weights_cpu(), estimate_at, content.shape[:2])
     if fit is None or fit >= long_side:  # nothing fits (the check says so) or all does
         _say(f"--content-size max: {long_side} px (the file's size)" if fit else
@@ -938,6 +943,11 @@ def _run_options(p, outputs=True):
                    help="none: the total variation as a sum over pixels; hw: divided by "
                         "height*width, so that with --constant-weights --denoise-weight "
                         "means the same at every size (no effect on reciprocal weights)")
+    p.add_argument("--memory-plan", choices=("auto", "whole", "lean"), default="auto",
+                   help="CPU: auto evaluates the whole image at once if it fits in the "
+                        "free memory, else runs VGG-16's first layers in bands of rows "
+                        "(the same result in bounded memory, some recompute; said on "
+                        "stderr); whole never bands; lean takes the least memory")
     p.add_argument("--output-bits", type=int, choices=(8, 16), default=8,
                    help="bits per channel of the output image: 16 for prints (no banding "
                         "in smooth gradients), PNG and TIFF only; --save-every snapshots "

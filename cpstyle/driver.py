@@ -217,7 +217,8 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
                    style_blend_weights=None, style_scale=None, constant_weights=False,
                    optimizer="gd", learning_rate=None, lbfgs_history=None, pooling=None,
                    preserve_colors="none", multiscale=False, min_size=None,
-                   iterations_per_scale=None, check_memory=True, denoise_norm="none"):
+                   iterations_per_scale=None, check_memory=True, denoise_norm="none",
+                   memory_plan="auto"):
     """Returns the mixed image, float32 (H, W, 3) 0..255, numpy or cupy like
     `content`. Every argument is checked (check_arguments) before the weights
     are loaded. Keyword-only `preset` ("tutorial", the default, or "quality") and
@@ -226,7 +227,13 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
     load, compare the run's estimate (cpstyle/memory.py) with the available
     memory and raise cpstyle.memory.NotEnoughMemory (a MemoryError) if it does
     not fit, so that a run never dies of memory halfway; where the available
-    memory is unknown the run goes ahead. False skips the check."""
+    memory is unknown the run goes ahead. False skips the check.
+    memory_plan (CPU): "auto" (the default) evaluates the whole image at once
+    if that fits, else the cheapest plan that does with VGG-16's first layers
+    in bands of rows (cpstyle/banded.py: the same result, up to float rounding,
+    in bounded memory, at some recompute); "whole" never bands; "lean" takes
+    the plan that needs least; (split, rows) those bands. With
+    check_memory=False, "auto" runs whole."""
     plan = check_arguments(
         content, style, content_layer_ids, style_layer_ids, weight_content, weight_style,
         weight_denoise, num_iterations, step_size, callback_every, gram_norm, init,
@@ -243,9 +250,15 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
     dev = resolve_device(device if model is None else model.device)
     if dev != "gpu" and precision != "fp32":
         raise ValueError(f"precision {precision!r} needs the GPU; the CPU runs fp32")
-    if check_memory and dev != "gpu":
-        from .memory import check_plan_cpu
-        check_plan_cpu(plan, include_weights=model is None)
+    bands = None
+    if dev == "gpu":
+        if memory_plan not in ("auto", "whole"):
+            raise ValueError(f"memory_plan {memory_plan!r} is for the CPU; the GPU runs whole")
+    elif check_memory or memory_plan not in ("auto", "whole"):
+        from .memory import choose_plan
+        bands = choose_plan(plan, include_weights=model is None,
+                            available=None if check_memory else 10 ** 18,
+                            memory_plan=memory_plan).bands
     if model is None:
         from .vgg16 import VGG16
         model = VGG16.load(device=dev)
@@ -290,8 +303,8 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
                 x = engine.run(x0, per_scale, None, callback, callback_every, report)
             else:
                 objective = StyleObjective(c_k, s_k, content_layer_ids, style_layer_ids,
-                                           weight_content, weight_style, w_d,
-                                           model=model, **obj_kw)
+                                           weight_content, weight_style, w_d, model=model,
+                                           bands=usable_bands(bands, plan, c_k, s_k), **obj_kw)
                 x = _run_reference(objective, settings, x0, per_scale, callback,
                                    callback_every, report)
     except Interrupted as e:
@@ -300,6 +313,21 @@ def style_transfer(content, style, content_layer_ids=(4,), style_layer_ids=tuple
     if return_gpu:
         return get_array_module(content).asarray(out)
     return to_host(out)
+
+
+def usable_bands(bands, plan, content, styles):
+    """bands where every image of this scale can take them (tall enough), else
+    None: the early scales of a multiscale run are small and run whole."""
+    if bands is None:
+        return None
+    from .banded import check_bands
+    top = max(list(plan.content_ids) + list(plan.style_ids))
+    try:
+        for img in [content] + list(styles):
+            check_bands(bands, top, img.shape[0])
+    except ValueError:
+        return None
+    return bands
 
 
 def denoise_weight_at(weight_denoise, denoise_norm, constant_weights, hw):

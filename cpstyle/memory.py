@@ -9,8 +9,9 @@ with the walk of VGG-16's layers 0..top (top = the deepest content or style
 layer; P_i = h_i·w_i pixels at layer i, C_i channels, pools floor-halve):
 
   kept between iterations (the objective's Workspace, cpstyle/ops/parallel.py)
-    y_i, dz_i              2·Σ_i P_i·C_i        conv outputs (the ReLU masks) and
-                                                their gradients, one per layer
+    y_i                    Σ_i P_i·C_i          conv outputs (the ReLU masks)
+    dz                     max over even i + max over odd i of P_i·C_i: the
+                           backward's two alternating gradient buffers
     pool_p, dp_p, arg_p    (2·4 + 1)·Σ_p P_p/4·C_p   pools before top (max pooling)
     dtap_s                 Σ_s P_s·C_s          style layers' Gram backward
     content targets        Σ_c P_c·C_c
@@ -28,6 +29,7 @@ layer; P_i = h_i·w_i pixels at layer i, C_i channels, pools floor-halve):
     total variation        Σ_c P_c·C_c + 5·3·P (grad, dx, two signs, a difference)
     the step               gd 3·3·P; adam 7·3·P; lbfgs 8·3·P (q, r, a product,
                            two float64 copies in dot64, the gradient)
+    (total variation: in blocks of rows above ops/loss.TV_BLOCKS_FROM floats)
   and, while the objective is built (StyleObjective.__init__), the forward of the
   content and then of each style image without a workspace: Σ P_i·C_i + the
   argmaxes (+ one pool output or the pre-processed input at a time), the previous
@@ -35,17 +37,26 @@ layer; P_i = h_i·w_i pixels at layer i, C_i channels, pools floor-halve):
   multiscale run, beside the previous scale's kept arrays (its objective lives
   until the new one is made).
 
-Per content pixel, all 13 layers (the tutorial): y 270 floats, dz 270, the style
-layers' dtap 270, pools 30·(2 floats + 1 byte), conv1_1's backward columns 27,
-conv3_1's content target 16, images 6: about 3.8 kB; the quality preset (top
-conv5_1, five style layers, L-BFGS with 10 pairs) about 3.4 kB. So 4096² needs
-about 57 GB (quality) and 64 GB (tutorial); DESIGN.md §9's 1.2 kB/px is the y
-and pools alone.
+Per content pixel, all 13 layers (the tutorial): y 270 floats, dz 64 + 64 (the
+two alternating buffers), the style layers' dtap 270, pools 30·(2 floats + 1
+byte), conv1_1's backward columns 27, conv3_1's content target 16, images 6:
+about 3.3 kB; the quality preset (top conv5_1, five style layers, L-BFGS with 10
+pairs) about 2.9 kB. So 4096² needs about 48 GB (quality) and 55 GB (tutorial)
+at once; in bands after conv3_3 of 256 rows about 20 GB and 21 GB, after conv4_3
+about 14 and 13 GB (the L-BFGS pairs, 2.4 GB at 4096², are whole-image state).
+
+In bands (cpstyle/banded.py, memory_plan; _band_parts): the same terms for the
+tail (layers split+1..top) only, the head's output and its gradient whole, the
+content targets and images as above, and the head's arrays (y, the two dz, pools,
+tap gradients) for the tallest window: own rows + 2 margins, at full width.
+choose_plan takes the cheapest plan that fits (band_cost: the head's forward
+runs twice over each window) or a leaner one within COST_SLACK of it.
 
 The figure is the peak above the process's state once the weights are loaded
 (the input images already in memory); `weights_cpu()` is what loading the model
 adds. Checked against measured peak RSS by bench/memory.py
 (bench/results/memory-cpu-*.json). Tests: tests/test_memory.py."""
+import collections
 import math
 
 import numpy as np
@@ -136,11 +147,12 @@ def _iteration_parts(hw, content_ids, style_ids, optimizer, history, iterations,
                 style_targets=0)
     tap = {}
     cols = unfold = 0
+    dz = [0, 0]  # the backward's two alternating gradient buffers (layer parity)
     for i, h, w, cin, cout, pooled in _walk(hw, top):
         a = h * w * cout * F32
         tap[i] = a
         kept["activations"] += a  # y_i
-        kept["gradients"] += a    # dz_i
+        dz[i % 2] = max(dz[i % 2], a)
         if pooled:
             q = (h // 2) * (w // 2) * cout
             kept["pools"] += q * (2 * F32 + 1)  # pool output, dp, argmax
@@ -150,6 +162,7 @@ def _iteration_parts(hw, content_ids, style_ids, optimizer, history, iterations,
         for ci, co in ((cin, cout), (cout, cin)):  # forward, backward to the input
             c, u = _conv_work(h, w, ci, co, threads, rows_ok)
             cols, unfold = max(cols, c), max(unfold, u)
+    kept["gradients"] = sum(dz)
     content = [tap[i] for i in content_ids]
     kept["content_targets"] = sum(content)
     kept["images"] = 2 * img  # x0 and x
@@ -161,44 +174,175 @@ def _iteration_parts(hw, content_ids, style_ids, optimizer, history, iterations,
         "content loss": 2 * max(content),
         "content gradient": dtaps + max(content),
         "backward end": dtaps + 2 * img,
-        "total variation": dtaps + 5 * img,
+        "total variation": dtaps + _tv_bytes(img),
         "step": {"gd": 3, "adam": 7, "lbfgs": 8}[optimizer] * img if iterations > 0 else 0,
     }
     return kept, trans, cols, unfold
 
 
+def _tv_bytes(img):
+    """The total variation's temporaries (ops/loss.py): grad, dx, two signs, a
+    difference, image-sized; in blocks of rows for large images (the grad, and
+    a difference, its sign and a product a block each)."""
+    from .ops.loss import TV_BLOCK_FLOATS, TV_BLOCKS_FROM
+    if img // F32 > TV_BLOCKS_FROM:
+        return img + 3 * TV_BLOCK_FLOATS * F32
+    return 5 * img
+
+
+def _band_parts(hw, content_ids, style_ids, optimizer, history, iterations, threads,
+                rows_ok, bands):
+    """_iteration_parts for an evaluation in bands (cpstyle/banded.py): the tail
+    (layers split+1..top) kept as the whole evaluation keeps its layers, the
+    head's output and its gradient whole, and the head's arrays at the size of
+    the largest window (own rows + 2 margins) in its FlexWorkspace."""
+    from .banded import margin, step
+    split, rows = bands
+    top = max(list(content_ids) + list(style_ids))
+    H, W = hw
+    D = step(split)
+    img = 3 * H * W * F32
+    kept = dict(activations=0, gradients=0, pools=0, style_grads=0, content_targets=0,
+                style_targets=0)
+    tap = {}
+    cols = unfold = 0
+    dz = [0, 0]
+
+    def work(h, w, cin, cout):
+        nonlocal cols, unfold
+        for ci, co in ((cin, cout), (cout, cin)):
+            c, u = _conv_work(h, w, ci, co, threads, rows_ok)
+            cols, unfold = max(cols, c), max(unfold, u)
+
+    for i, h, w, cin, cout, pooled in _walk(hw, top):
+        a = h * w * cout * F32
+        tap[i] = a
+        if i in style_ids:
+            kept["style_targets"] += cout * cout * F32
+        if i <= split:
+            continue
+        kept["activations"] += a
+        dz[i % 2] = max(dz[i % 2], a)
+        if pooled:
+            kept["pools"] += (h // 2) * (w // 2) * cout * (2 * F32 + 1)
+        if i in style_ids:
+            kept["style_grads"] += a
+        work(h, w, cin, cout)
+    kept["gradients"] = sum(dz)
+    kept["head output"] = 2 * (H // D) * (W // D) * layers.LAYER_CHANNELS[split][1] * F32
+    win = min(H, rows + 2 * margin(split))
+    window = 2 * 3 * win * W * F32  # the window's dh and dx
+    dz = [0, 0]
+    for i, h, w, cin, cout, pooled in _walk((win, W), split):
+        a = h * w * cout * F32
+        window += a  # y
+        dz[i % 2] = max(dz[i % 2], a)
+        if i in content_ids or i in style_ids:
+            window += a  # the tap's gradient on the window
+        if i in layers.POOL_AFTER:
+            window += (h // 2) * (w // 2) * cout * (2 * F32 + 1)  # out, dp or dhead, argmax
+        work(h, w, cin, cout)
+    kept["band window"] = window + sum(dz)
+    content = [tap[i] for i in content_ids]
+    kept["content_targets"] = sum(content)
+    kept["images"] = 2 * img
+    pairs = min(max(iterations - 1, 0), history)
+    kept["optimizer"] = {"gd": 0, "adam": 2 * img,
+                         "lbfgs": (2 + 2 * pairs) * img if iterations > 0 else 0}[optimizer]
+    dtaps = sum(tap[i] for i in content_ids if i > split)
+    trans = {
+        "content loss": 2 * max(content),
+        "content gradient": dtaps + max(content),
+        "backward end": dtaps + img + 3 * win * W * F32,  # grad, a window's dx
+        "total variation": dtaps + _tv_bytes(img),
+        "step": {"gd": 3, "adam": 7, "lbfgs": 8}[optimizer] * img if iterations > 0 else 0,
+    }
+    return kept, trans, cols, unfold
+
+
+def _band_forward_bytes(hw, top, threads, rows_ok, bands):
+    """_forward_bytes for a forward in bands: the head's windows (their own
+    FlexWorkspace, gone when the bands are done) beside the head's output,
+    then the tail's forward on it whole. -> (held, transient, cols, unfold)."""
+    from .banded import margin, step
+    split, rows = bands
+    H, W = hw
+    D = step(split)
+    head = (H // D) * (W // D) * layers.LAYER_CHANNELS[split][1] * F32
+    win = min(H, rows + 2 * margin(split))
+    window, _, c1, u1 = _forward_bytes((win, W), split, threads, rows_ok)
+    window += (win // D) * (W // D) * layers.LAYER_CHANNELS[split][1] * (F32 + 1)
+    tail, t_in, c2, u2 = 0, 0, 0, 0
+    for i, h, w, cin, cout, pooled in _walk(hw, top):
+        if i <= split:
+            continue
+        tail += h * w * cout * F32
+        if pooled:
+            tail += (h // 2) * (w // 2) * cout
+            t_in = max(t_in, (h // 2) * (w // 2) * cout * F32)
+        c, u = _conv_work(h, w, cin, cout, threads, rows_ok)
+        c2, u2 = max(c2, c), max(u2, u)
+    held = head + tail
+    return held, max(window + 3 * win * W * F32, t_in), max(c1, c2), max(u1, u2)
+
+
+def _usable(bands, hw, top):
+    """bands if they apply at size hw (banded.check_bands), else None (whole)."""
+    if bands is None:
+        return None
+    from .banded import check_bands
+    try:
+        return check_bands(bands, top, hw[0])
+    except ValueError:
+        return None
+
+
 def estimate_cpu_parts(content_hw, style_hws, content_layer_ids=(4,),
                        style_layer_ids=tuple(range(13)), optimizer="gd", lbfgs_history=10,
-                       num_iterations=120, scales=None, threads=None):
+                       num_iterations=120, scales=None, threads=None, bands=None):
     """-> {part: bytes} and 'peak'; see the module docstring. content_hw: the
     content's (H, W) at the last scale; style_hws: each style image's (H, W) as the
     run sees it there; scales: a multiscale run's sizes, coarse to fine (the last
-    is content_hw); num_iterations: per scale (the L-BFGS history fills with them)."""
+    is content_hw); num_iterations: per scale (the L-BFGS history fills with them);
+    bands: (split, rows), the evaluation in bands (cpstyle/banded.py) at every
+    scale and for every image where they apply."""
     from .optimizers import DEFAULT_LBFGS_HISTORY
     content_ids = sorted(set(content_layer_ids))
     style_ids = sorted(set(style_layer_ids))
+    top = max(content_ids + style_ids)
     history = DEFAULT_LBFGS_HISTORY if lbfgs_history is None else lbfgs_history
     threads = _threads() if threads is None else threads
     rows_ok = _rows_form_ok()
     content_hw = tuple(int(v) for v in content_hw[:2])
-    kept, trans, cols, unfold = _iteration_parts(content_hw, content_ids, style_ids,
-                                                 optimizer, history, num_iterations,
-                                                 threads, rows_ok)
-    # the targets: the content's forward, then each style's; the previous
-    # forward's cache stays bound (`taps, _ = ...`) until the next one returns
-    fwd_c, in_c, c1, u1 = _forward_bytes(content_hw, max(content_ids), threads, rows_ok)
-    held, init = fwd_c, fwd_c + in_c
-    for k, shw in enumerate(style_hws):
-        fwd_s, in_s, c2, u2 = _forward_bytes(tuple(shw[:2]), max(style_ids), threads, rows_ok)
-        init = max(init, held + fwd_s + in_s + (kept["content_targets"] if k else 0))
-        held = fwd_s
+
+    def iteration(hw):
+        b = _usable(bands, hw, top)
+        if b is None:
+            return _iteration_parts(hw, content_ids, style_ids, optimizer, history,
+                                    num_iterations, threads, rows_ok)
+        return _band_parts(hw, content_ids, style_ids, optimizer, history, num_iterations,
+                           threads, rows_ok, b)
+
+    def forward(hw, ids):
+        b = _usable(bands, hw, top)
+        if b is None:
+            return _forward_bytes(hw, max(ids), threads, rows_ok)
+        return _band_forward_bytes(hw, max(ids), threads, rows_ok, b)
+
+    kept, trans, cols, unfold = iteration(content_hw)
+    # the targets: the content's forward, then each style's (its taps only
+    # while its Grams are made)
+    fwd_c, in_c, c1, u1 = forward(content_hw, content_ids)
+    init = fwd_c + in_c
+    for shw in style_hws:
+        fwd_s, in_s, c2, u2 = forward(tuple(shw[:2]), style_ids)
+        init = max(init, kept["content_targets"] + fwd_s + in_s)
         cols, unfold = max(cols, c2), max(unfold, u2)
     cols, unfold = max(cols, c1), max(unfold, u1)
     work = cols * F32 + threads * (unfold * F32 + BLAS_BUFFER_BYTES)
     previous = 0
     if scales is not None and len(scales) > 1:
-        pk, _, pc, pu = _iteration_parts(tuple(scales[-2][:2]), content_ids, style_ids,
-                                         optimizer, history, num_iterations, threads, rows_ok)
+        pk, _, pc, pu = iteration(tuple(scales[-2][:2]))
         previous = sum(pk.values())
     kept_total = sum(kept.values())
     parts = dict(kept)
@@ -212,12 +356,12 @@ def estimate_cpu_parts(content_hw, style_hws, content_layer_ids=(4,),
 
 def estimate_cpu(content_hw, style_hws, content_layer_ids=(4,),
                  style_layer_ids=tuple(range(13)), optimizer="gd", lbfgs_history=10,
-                 num_iterations=120, scales=None, threads=None):
+                 num_iterations=120, scales=None, threads=None, bands=None):
     """Peak bytes above the state after the weights load that a NumPy
     style_transfer run needs (estimate_cpu_parts' 'peak')."""
     return estimate_cpu_parts(content_hw, style_hws, content_layer_ids, style_layer_ids,
                               optimizer, lbfgs_history, num_iterations, scales,
-                              threads)["peak"]
+                              threads, bands)["peak"]
 
 
 def weights_cpu(channels=layers.LAYER_CHANNELS):
@@ -286,6 +430,13 @@ def largest_fitting(budget, estimate_at, hw, lo=layers.MIN_IMAGE_SIZE):
 HEADROOM = 1.05
 
 
+def _refuse(hw, need, free, fit):
+    where = (f"the largest content that fits is {fit} px on the long side (--content-size {fit})"
+             if fit is not None else "not even the smallest content fits")
+    return NotEnoughMemory(f"not enough memory: a {hw[1]}x{hw[0]} run needs about "
+                           f"{fmt(need)}, {fmt(free)} is available; {where}")
+
+
 def check_cpu(estimate_at, hw, include_weights=True, available=None):
     """Raise NotEnoughMemory if estimate_at(max(hw)) (+ the weights, if they are
     still to load) exceeds the available memory; nothing if it fits or the free
@@ -298,14 +449,7 @@ def check_cpu(estimate_at, hw, include_weights=True, available=None):
     need = estimate_at(max(hw)) + extra
     if need <= free:
         return need, free
-    fit = largest_fitting(free - extra, estimate_at, hw)
-    where = (f"the largest content that fits is {fit} px on the long side"
-             if fit is not None else "not even the smallest content fits")
-    raise NotEnoughMemory(
-        f"not enough memory: a {hw[1]}x{hw[0]} run needs about {fmt(need)}, "
-        f"{fmt(free)} is available; {where} (--content-size {fit})" if fit else
-        f"not enough memory: a {hw[1]}x{hw[0]} run needs about {fmt(need)}, "
-        f"{fmt(free)} is available; {where}")
+    raise _refuse(hw, need, free, largest_fitting(free - extra, estimate_at, hw))
 
 
 def style_hws_at(plan, hw):
@@ -320,12 +464,12 @@ def style_hws_at(plan, hw):
     return out
 
 
-def plan_estimator(plan, headroom=HEADROOM):
+def plan_estimator(plan, headroom=HEADROOM, bands=None):
     """-> estimate_at(L): headroom x the peak of `plan`'s run (CPU; plan from
     driver.check_arguments, its tap ids included) with the content's long side L
-    (the last scale's; a multiscale run's previous scale is 1/√2 of it): what the
-    preflight and --content-size max ask to be free (bench/memory.py compares the
-    model itself: headroom 1)."""
+    (the last scale's; a multiscale run's previous scale is 1/√2 of it), whole
+    or in `bands`: what the preflight and --content-size max ask to be free
+    (bench/memory.py compares the model itself: headroom 1)."""
     last = plan.sizes[-1]
 
     def estimate_at(long_side):
@@ -335,15 +479,136 @@ def plan_estimator(plan, headroom=HEADROOM):
             scales = [resize_hw(hw, max(hw) / math.sqrt(2)), hw]
         return headroom * estimate_cpu(hw, style_hws_at(plan, hw), plan.content_ids,
                                        plan.style_ids, plan.settings.name,
-                                       plan.settings.history, plan.per_scale, scales)
+                                       plan.settings.history, plan.per_scale, scales,
+                                       bands=bands)
 
     return estimate_at
 
 
-def check_plan_cpu(plan, include_weights=True, available=None):
-    """check_cpu for a run of `plan` (the preflight of style_transfer(check_memory=True)
-    and `cpstyle run` on the CPU)."""
-    return check_cpu(plan_estimator(plan), plan.sizes[-1], include_weights, available)
+# ---- memory plans: the whole evaluation, or the head in bands (cpstyle/banded.py) ----
+
+MEMORY_PLANS = ("auto", "whole", "lean")
+# own image rows per band that the planner tries (at least two margins each)
+BAND_ROWS = (1024, 512, 256, 128, 64)
+# choose_plan takes the leanest plan within this share of the cheapest's compute
+COST_SLACK = 0.02
+
+Choice = collections.namedtuple("Choice", "bands need free cost whole")
+Choice.__doc__ = """The memory plan of a run: bands None (whole) or (split, rows); need:
+its estimate with the weights (bytes, HEADROOM in); free: the available memory
+(None: unknown); cost: its compute relative to the whole evaluation (band_cost);
+whole: what the whole evaluation would need."""
+
+
+def band_candidates(top, height=None):
+    """(split, rows) the planner may choose for taps down to layer `top`."""
+    from .banded import SPLITS, margin, step
+    out = []
+    for split in SPLITS:
+        if split >= top or (height is not None and height < 2 * step(split)):
+            continue
+        # a band as tall as the image is allowed too: the set must not change
+        # with the size, or the leanest estimate would not grow with it
+        out += [(split, r) for r in BAND_ROWS if r >= 2 * margin(split)]
+    return out
+
+
+def band_cost(bands, hw, top, channels=layers.LAYER_CHANNELS):
+    """An evaluation's multiply-adds in `bands` over the whole evaluation's: the
+    head's forward runs twice (once more for the backward) and its three passes
+    cover each band's window, own rows plus margins (banded.windows); the tail
+    and the rest are as before. 1.0 for None."""
+    if bands is None:
+        return 1.0
+    from .banded import windows
+    split, rows = bands
+    macs = [9 * cin * cout / 4 ** sum(1 for p in layers.POOL_AFTER if p < i)
+            for i, (cin, cout) in enumerate(channels[:top + 1])]
+    head, total = sum(macs[:split + 1]), sum(macs)
+    f = sum(hi - lo for lo, hi, _, _ in windows(hw[0], split, rows)) / hw[0]
+    return 1.0 + head * (3 * f - 2) / (2 * total)
+
+
+def _candidates(plan, memory_plan, hw):
+    top = max(list(plan.content_ids) + list(plan.style_ids))
+    if memory_plan == "whole":
+        return [None]
+    if memory_plan in ("auto", "lean"):
+        return [None] + band_candidates(top, hw[0])
+    from .banded import check_bands
+    return [check_bands(memory_plan, top, hw[0])]
+
+
+def choose_plan(plan, include_weights=True, available=None, memory_plan="auto"):
+    """The memory plan of a CPU run of `plan` (driver.check_arguments): "auto"
+    the cheapest (band_cost) whose estimate fits in the available memory,
+    "whole" the whole evaluation, "lean" the one that needs least, or
+    (split, rows) those bands -> Choice. Raises NotEnoughMemory (naming the
+    largest content that fits with the leanest plan) if the choice does not fit;
+    where the free memory is unknown, "auto" runs whole, as before bands."""
+    if isinstance(memory_plan, str) and memory_plan not in MEMORY_PLANS:
+        raise ValueError(f"unknown memory_plan {memory_plan!r}: use one of {MEMORY_PLANS} "
+                         f"or (split layer, rows)")
+    hw = plan.sizes[-1]
+    top = max(list(plan.content_ids) + list(plan.style_ids))
+    free = available_cpu() if available is None else available
+    extra = weights_cpu() if include_weights else 0
+    cands = _candidates(plan, memory_plan, hw)
+    est = {c: plan_estimator(plan, bands=c) for c in cands}
+    need = {c: est[c](max(hw)) + extra for c in cands}
+    whole = plan_estimator(plan)(max(hw)) + extra
+    if memory_plan == "lean":
+        cands = [min(cands, key=lambda c: need[c])]
+    elif free is None and memory_plan == "auto":
+        cands = [None]
+    fits = [c for c in cands if free is None or need[c] <= free]
+    if fits:
+        # the cheapest, or a leaner plan within COST_SLACK of it: taller bands
+        # save little compute (band_cost) for their memory
+        cheapest = min(band_cost(c, hw, top) for c in fits)
+        near = [c for c in fits if band_cost(c, hw, top) <= cheapest * (1 + COST_SLACK)]
+        best = min(near, key=lambda c: (need[c], band_cost(c, hw, top)))
+        return Choice(best, need[best], free, band_cost(best, hw, top), whole)
+    leanest = min(cands, key=lambda c: need[c])
+    fit = largest_fitting(free - extra, fit_estimator(plan, memory_plan), hw)
+    raise _refuse(hw, need[leanest], free, fit)
+
+
+def fit_estimator(plan, memory_plan="auto"):
+    """-> estimate_at(L): the estimate (HEADROOM in) of the leanest plan that
+    memory_plan allows at content long side L: what --content-size max and the
+    refusal's largest size are measured by."""
+    last = plan.sizes[-1]
+    ests = {}
+
+    def estimate_at(long_side):
+        out = None
+        for c in _candidates(plan, memory_plan, resize_hw(last, long_side)):
+            if c not in ests:
+                ests[c] = plan_estimator(plan, bands=c)
+            e = ests[c](long_side)
+            out = e if out is None else min(out, e)
+        return out
+
+    return estimate_at
+
+
+def describe(choice, hw):
+    """One line on a banded plan for the user (None for the whole evaluation)."""
+    if choice is None or choice.bands is None:
+        return None
+    split, rows = choice.bands
+    free = f", {fmt(choice.free)} available" if choice.free is not None else ""
+    return (f"memory: {hw[1]}x{hw[0]} needs about {fmt(choice.whole)} at once{free}; "
+            f"running layers conv1_1..{layers.LAYER_NAMES[split]} in bands of {rows} rows "
+            f"(about {fmt(choice.need)}, {choice.cost:.2f}x the compute)")
+
+
+def check_plan_cpu(plan, include_weights=True, available=None, memory_plan="auto"):
+    """choose_plan for a run of `plan` (the preflight of style_transfer(check_memory=True),
+    `cpstyle run` and `cpstyle batch` on the CPU) -> its Choice; raises
+    NotEnoughMemory if no allowed plan fits."""
+    return choose_plan(plan, include_weights, available, memory_plan)
 
 
 # ---- the GPU engine's own buffers (cpstyle/gpu_engine.py) ----------------------

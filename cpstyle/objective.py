@@ -70,7 +70,10 @@ class StyleObjective:
                  style_layer_ids=tuple(range(13)), weight_content=1.5,
                  weight_style=10.0, weight_denoise=0.3, model=None, gram_norm="none",
                  content_layer_weights=None, style_layer_weights=None,
-                 style_blend_weights=None, constant_weights=False):
+                 style_blend_weights=None, constant_weights=False, bands=None):
+        """bands: None (the whole image at once) or (split, rows): the NumPy
+        evaluation in bands of `rows` image rows through layers 0..split and the
+        pool after it (cpstyle/banded.py), in bounded memory."""
         self.content_ids, self.content_layer_weights = layers.weighted_layer_ids(
             content_layer_ids, content_layer_weights, "content layers")
         self.style_ids, self.style_layer_weights = layers.weighted_layer_ids(
@@ -94,27 +97,79 @@ class StyleObjective:
         content = validate_image(content, "content image")
         styles, self.blend_weights = style_images(style, style_blend_weights)
         self.shape = content.shape
+        self.tap_ids = sorted(set(self.content_ids) | set(self.style_ids))
+        self.bands = None
+        if bands is not None:
+            from .banded import check_bands
+            if xp is not np:
+                raise ValueError("bands are for the NumPy (CPU) path")
+            self.bands = check_bands(bands, self.tap_ids[-1], content.shape[0])
+            for s in styles:
+                check_bands(bands, self.tap_ids[-1], s.shape[0])
         c = to_device(content, xp, model.dtype)[None]
-        taps, _ = model.forward(c, self.content_ids)
+        taps = self._forward(c, self.content_ids)
         self.content_targets = {i: taps[i] for i in self.content_ids}
+        del taps
         self.style_targets = {}
         for style, wk in zip(styles, self.blend_weights):
-            taps, _ = model.forward(to_device(style, xp, model.dtype)[None], self.style_ids)
-            for i in self.style_ids:
-                a, _ = gram_forward_cpu(taps[i], gram_norm_factor(gram_norm, taps[i].shape))
+            s = to_device(style, xp, model.dtype)[None]
+            for i, a in self._grams(s, self.style_ids).items():
                 if len(styles) > 1:  # one style: A as computed, bit for bit
                     a = a * model.dtype.type(wk)
                 self.style_targets[i] = a if i not in self.style_targets \
                     else self.style_targets[i] + a
-        self.tap_ids = sorted(set(self.content_ids) | set(self.style_ids))
         self.last_adj = None
         # the activations and gradients of evaluate(), kept between calls (NumPy):
         # one evaluation at a time per objective
         self.workspace = Workspace()
+        self.band_workspace = None
+
+    def _norms(self, shape, ids):
+        """{id: the Gram's norm factor} for a (1, H, W, 3) input (whole layers)."""
+        from .banded import levels
+        h, w = shape[1], shape[2]
+        d = dict(levels(max(ids)))
+        return {i: gram_norm_factor(self.gram_norm, (1, h // d[i], w // d[i])) for i in ids}
+
+    def _forward(self, x, ids):
+        """{id: tap} of x (1, H, W, 3): the whole forward, or the head in bands
+        and the layers below whole (taps of the head assembled whole)."""
+        if self.bands is None:
+            taps, _ = self.model.forward(x, ids)
+            return taps
+        from .banded import forward_stats
+        split, rows = self.bands
+        head, _, taps = forward_stats(self.model, x, split, rows, content_ids=ids)
+        tail = [i for i in ids if i > split]
+        if tail:
+            _, more, _ = self.model.forward_layers(head, split + 1, max(tail), tail)
+            taps.update(more)
+        return taps
+
+    def _grams(self, x, ids):
+        """{id: G} of x (1, H, W, 3), whole or banded as _forward."""
+        if self.bands is None:
+            taps, _ = self.model.forward(x, ids)
+            return {i: gram_forward_cpu(taps[i], gram_norm_factor(self.gram_norm, taps[i].shape))[0]
+                    for i in ids}
+        from .banded import forward_stats
+        split, rows = self.bands
+        norms = self._norms(x.shape, [i for i in ids if i <= split])
+        head, grams, _ = forward_stats(self.model, x, split, rows, style_ids=ids,
+                                       gram_norms=norms)
+        tail = [i for i in ids if i > split]
+        if tail:
+            _, taps, _ = self.model.forward_layers(head, split + 1, max(tail), tail)
+            for i in tail:
+                grams[i], _ = gram_forward_cpu(taps[i], gram_norm_factor(self.gram_norm,
+                                                                         taps[i].shape))
+        return grams
 
     def evaluate(self, x):
         """x (1, H, W, 3) on the model's backend -> (losses (3,) device array,
         adj (3,) device array, grad (1, H, W, 3))."""
+        if self.bands is not None:
+            return self._evaluate_banded(x)
         xp, model = self.xp, self.model
         ws = self.workspace
         taps, caches = model.forward(x, self.tap_ids, ws)
@@ -146,7 +201,84 @@ class StyleObjective:
             else:
                 dtaps[i] = d
         grad = model.backward(dtaps, caches, ws)
-        grad += denoise_backward_cpu(x, coef[2])
+        denoise_backward_cpu(x, coef[2], out=grad)
+        return losses, adj, grad
+
+    def _evaluate_banded(self, x):
+        """evaluate() with the head in bands (cpstyle/banded.py, steps 1-4)."""
+        from .banded import backward_bands, forward_stats, step
+        xp, model, ws = self.xp, self.model, self.workspace
+        split, rows = self.bands
+        if self.band_workspace is None:
+            self.band_workspace = Workspace()
+        bws = self.band_workspace
+        dt = model.dtype
+        D = step(split)
+        head_ids = [i for i in self.tap_ids if i <= split]
+        tail_ids = [i for i in self.tap_ids if i > split]
+        norms = self._norms(x.shape, [i for i in self.style_ids if i <= split])
+        hshape = (1, x.shape[1] // D, x.shape[2] // D, model.kernels[split].shape[3])
+        head, grams_h, sumsq = forward_stats(
+            model, x, split, rows, self.content_ids, self.style_ids, norms, bws,
+            targets=self.content_targets, out=ws.get(xp, ("head",), hshape, dt))
+        _, taps, caches = model.forward_layers(head, split + 1, self.tap_ids[-1], tail_ids, ws)
+        cw = dict(zip(self.content_ids, self.content_layer_weights))
+        sw = dict(zip(self.style_ids, self.style_layer_weights))
+        lc = 0.0
+        for i in self.content_ids:
+            lc = lc + cw[i] * (sumsq[i] / self.content_targets[i].size if i <= split
+                               else mse_forward_cpu(taps[i], self.content_targets[i]))
+        grams = {}
+        ls = 0.0
+        for i in self.style_ids:
+            if i <= split:
+                grams[i] = (grams_h[i], None)
+            else:
+                grams[i] = gram_forward_cpu(taps[i], gram_norm_factor(self.gram_norm,
+                                                                      taps[i].shape))
+            ls = ls + sw[i] * mse_forward_cpu(grams[i][0], self.style_targets[i])
+        ld = denoise_forward_cpu(x)
+        losses = xp.stack([xp.asarray(lc), xp.asarray(ls), xp.asarray(ld)]).astype(dt)
+        adj = xp.ones(3, dtype=dt) if self.constant_weights else 1.0 / (losses + ADJ_EPS)
+        coef = xp.asarray(self.weights, dtype=dt) * adj
+        dtaps = {}
+        for i in self.content_ids:
+            if i > split:
+                dtaps[i] = mse_backward_cpu(taps[i], self.content_targets[i], coef[0] * cw[i])
+        dgs = {}
+        for i in self.style_ids:
+            g, cache = grams[i]
+            dg = mse_backward_cpu(g, self.style_targets[i], coef[1] * sw[i])
+            if i <= split:
+                dgs[i] = dg
+                continue
+            d = gram_backward_cpu(dg, cache, out=buffer(ws, xp, ("dtap", i), cache[1], g.dtype))
+            if i in dtaps:
+                dtaps[i] += d
+            else:
+                dtaps[i] = d
+        dhead = model.backward_layers(dtaps, caches, ws, split + 1,
+                                      out=ws.get(xp, ("dhead",), hshape, dt))
+
+        def tap_grad(i):
+            norm = norms.get(i)
+            target = self.content_targets.get(i)
+            kc = (coef[0] * cw[i] * (2.0 / target.size)).astype(dt) if target is not None else None
+
+            def fn(f, a, b, out):
+                if i in dgs:
+                    gram_backward_cpu(dgs[i], (f.reshape(1, -1, f.shape[3]), f.shape, norm),
+                                      out=out)
+                else:
+                    out[...] = 0
+                if kc is not None:
+                    out += (f - target[:, a:b]) * kc
+            return fn
+
+        grad = xp.zeros(x.shape, dtype=dt)
+        backward_bands(model, x, split, rows, dhead, {i: tap_grad(i) for i in head_ids},
+                       bws, grad)
+        denoise_backward_cpu(x, coef[2], out=grad)
         return losses, adj, grad
 
     def potential(self, losses):

@@ -95,10 +95,21 @@ class VGG16:
         if tap_ids[-1] >= self.num_layers:
             raise ValueError(f"layer id {tap_ids[-1]} is beyond this net's "
                              f"{self.num_layers} conv layers")
-        xp, ws, dt = self.xp, workspace, self.dtype
         h = preprocess_forward_cpu(x, self.scale, self.shift, self.bgr)
+        _, taps, caches = self.forward_layers(h, 0, tap_ids[-1], tap_ids, workspace)
+        return taps, caches
+
+    def forward_layers(self, h, first, last, tap_ids=(), workspace=None, pool_last=False):
+        """Layers first..last from h, the input of layer `first` (the
+        pre-processed image for 0), with the pools between them, and the pool
+        after `last` too with pool_last (which must have one) -> (the output:
+        last's or its pool's, {id: tap}, caches). The pieces of forward(), and
+        what cpstyle/banded.py runs on a band of rows or on the layers below it."""
+        xp, ws, dt = self.xp, workspace, self.dtype
+        if pool_last and last not in layers.POOL_AFTER:
+            raise ValueError(f"no pool follows layer {last}")
         caches, taps = [], {}
-        for i in range(tap_ids[-1] + 1):
+        for i in range(first, last + 1):
             shape = h.shape[:3] + (self.kernels[i].shape[3],)
             if self.igemm_precision is not None and dt == np.float32 and \
                     (xp is not np or cuda.emulating()):
@@ -112,7 +123,7 @@ class VGG16:
             if i in tap_ids:
                 taps[i] = h
             pool_cache = None
-            if i in layers.POOL_AFTER and i < tap_ids[-1]:
+            if i in layers.POOL_AFTER and (i < last or pool_last):
                 if self.pooling == "avg":
                     h, c = avgpool_forward_cpu(h)
                 else:
@@ -121,7 +132,7 @@ class VGG16:
                                                argmax=buffer(ws, xp, ("arg", i), half, np.uint8))
                 pool_cache = (self.pooling, c)
             caches.append((conv_cache, pool_cache))
-        return taps, caches
+        return h, taps, caches
 
     def _gemm(self, i, k):
         return None if self.gemm is None else self.gemm[i][k]
@@ -134,24 +145,44 @@ class VGG16:
         with dh_i from the layer above; it is finished block by block inside
         the op that makes dh_i (col2im, the max pool's backward: relu_epilogue),
         while each block is in cache, not in passes of its own."""
+        dh = self.backward_layers(dtaps, caches, workspace)
+        return preprocess_backward_cpu(dh, self.scale, self.bgr)
+
+    def backward_layers(self, dtaps, caches, workspace=None, first=0, dout=None, out=None):
+        """The backward of forward_layers(h, first, ...) whose caches these are:
+        {id: dL/dtap} and `dout`, the gradient at the output of the last pool if
+        forward_layers ran it (pool_last), -> the gradient at h (into `out`, if
+        given; else a new array). The gradients between layers alternate
+        between two workspace buffers (keys ("dz", 0) and ("dz", 1)): dz_i is
+        spent once the layer below has its own."""
         xp, ws, dt = self.xp, workspace, self.dtype
-        top = len(caches) - 1
-        y_top = caches[top][0][1]
-        if top in dtaps:
-            dz = relu_backward_cpu(dtaps[top], y_top, out=buffer(ws, xp, ("dz", top), y_top.shape, dt))
+        top = first + len(caches) - 1
+        y_top = caches[-1][0][1]
+        if dout is not None:
+            kind, c = caches[-1][1]
+            finish = relu_epilogue(y_top, dtaps.get(top))
+            if kind == "avg":
+                dz = avgpool_backward_cpu(dout, c)
+                finish(dz, 0, dz.shape[1])
+            else:
+                dz = maxpool_backward_cpu(dout, c, epilogue=finish,
+                                          out=buffer(ws, xp, ("dz", top % 2), y_top.shape, dt))
+        elif top in dtaps:
+            dz = relu_backward_cpu(dtaps[top], y_top,
+                                   out=buffer(ws, xp, ("dz", top % 2), y_top.shape, dt))
         else:
             dz = xp.zeros_like(y_top)
-        for i in range(top, -1, -1):
-            (w, _), _ = caches[i]
-            if i == 0:
-                dh = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], wmat=self._gemm(i, 1))
-                break
-            (_, y), pool_cache = caches[i - 1]
+        for i in range(top, first - 1, -1):
+            (w, _), _ = caches[i - first]
+            if i == first:
+                return conv_input_grad_cpu(dz, w, self.kernels_flipped[i], wmat=self._gemm(i, 1),
+                                           out=out)
+            (_, y), pool_cache = caches[i - 1 - first]
             finish = relu_epilogue(y, dtaps.get(i - 1))
             if pool_cache is None:
                 dz = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], epilogue=finish,
                                          wmat=self._gemm(i, 1),
-                                         out=buffer(ws, xp, ("dz", i - 1), y.shape, dt))
+                                         out=buffer(ws, xp, ("dz", (i - 1) % 2), y.shape, dt))
                 continue
             dp = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], wmat=self._gemm(i, 1),
                                      out=buffer(ws, xp, ("dp", i), dz.shape[:3] + (w.shape[2],), dt))
@@ -161,8 +192,7 @@ class VGG16:
                 finish(dz, 0, dz.shape[1])
             else:
                 dz = maxpool_backward_cpu(dp, c, epilogue=finish,
-                                          out=buffer(ws, xp, ("dz", i - 1), y.shape, dt))
-        return preprocess_backward_cpu(dh, self.scale, self.bgr)
+                                          out=buffer(ws, xp, ("dz", (i - 1) % 2), y.shape, dt))
 
 
 def check_pooling(pooling):

@@ -923,9 +923,12 @@ def test_content_size_max_picks_the_largest_that_fits(capsys, tmp_path, rng, mon
     assert 16 <= fit < 800 and f"--content-size max: {fit} px" in err
     keys = ("content_layer_ids", "style_layer_ids", "optimizer", "style_scale",
             "num_iterations")
-    plan = cpstyle.driver.check_arguments(fake.content, fake.style,
+    # the estimate of the file's size scaled (the loaded image may round its
+    # short side otherwise)
+    original = np.asarray(Image.open(c), dtype=np.float32)
+    plan = cpstyle.driver.check_arguments(original, fake.style,
                                           **{k: fake.kwargs[k] for k in keys})
-    est = memory.plan_estimator(plan)
+    est = memory.fit_estimator(plan)  # the leanest plan at each size (bands too)
     assert est(fit) + memory.weights_cpu() <= free < est(fit + 1) + memory.weights_cpu()
     # unknown free memory: said, and the file's size kept
     monkeypatch.setattr(memory, "available_cpu", lambda: None)

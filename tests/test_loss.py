@@ -32,3 +32,20 @@ def test_denoise_value_and_gradcheck(shape, rng):
         assert err < 1e-6
     else:
         assert np.all(dx == 0)
+
+
+def test_total_variation_in_row_blocks_is_the_whole(rng, monkeypatch):
+    # large images take the TV in blocks of rows (bounded temporaries); the sums
+    # and the gradient are the whole-array forms', blocks straddled included
+    from cpstyle.ops import loss
+    x = rng.uniform(0, 255, (1, 37, 23, 3)).astype(np.float32)
+    tv = float(loss.denoise_forward_cpu(x))
+    base = rng.standard_normal(x.shape).astype(np.float32)
+    whole = loss.denoise_backward_cpu(x, np.float32(0.7), out=base.copy())
+    monkeypatch.setattr(loss, "TV_BLOCKS_FROM", 0)
+    monkeypatch.setattr(loss, "TV_BLOCK_FLOATS", 5 * 23 * 3)  # 5 rows a block
+    assert len(loss._row_blocks(x)) == 8
+    assert float(loss.denoise_forward_cpu(x)) == pytest.approx(tv, rel=1e-6)
+    blocks = loss.denoise_backward_cpu(x, np.float32(0.7), out=base.copy())
+    np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(blocks, base)  # it added something

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cpstyle
-from cpstyle import memory
+from cpstyle import banded, memory
 from cpstyle.driver import check_arguments
 from cpstyle.vgg16 import VGG16
 
@@ -70,9 +70,10 @@ def test_largest_fitting_fits_and_ten_percent_more_does_not(rng):
 
 def test_check_passes_or_names_the_largest_size(rng):
     _, _, plan = _plan(rng, (3000, 4000), **TUTORIAL)
-    assert memory.check_plan_cpu(plan, available=10 ** 12)[0] > memory.weights_cpu()
+    choice = memory.check_plan_cpu(plan, available=10 ** 12)
+    assert choice.bands is None and choice.need > memory.weights_cpu() and choice.cost == 1.0
     with pytest.raises(memory.NotEnoughMemory) as e:
-        memory.check_plan_cpu(plan, available=10 ** 9)
+        memory.check_plan_cpu(plan, available=10 ** 9, memory_plan="whole")
     msg = str(e.value)
     assert "\n" not in msg and "needs about" in msg and "1.0 GB is available" in msg
     fit = int(msg.rsplit("--content-size ", 1)[1].rstrip(")"))
@@ -81,6 +82,62 @@ def test_check_passes_or_names_the_largest_size(rng):
     assert isinstance(e.value, MemoryError)
     with pytest.raises(memory.NotEnoughMemory, match="not even the smallest"):
         memory.check_plan_cpu(plan, available=10 ** 6)
+
+
+def test_auto_plan_bands_only_when_the_whole_does_not_fit(rng):
+    # 4000x3000, the tutorial's 13 layers: whole needs ~45 GB; with bands the
+    # cheapest plan that fits in each budget, leaner as the budget shrinks
+    _, _, plan = _plan(rng, (3000, 4000), **TUTORIAL)
+    whole = memory.plan_estimator(plan)(4000) + memory.weights_cpu()
+    assert memory.check_plan_cpu(plan, available=whole).bands is None
+    last_need, last_cost = whole, 1.0
+    for budget in (whole * 0.8, whole * 0.5, whole * 0.3):
+        c = memory.check_plan_cpu(plan, available=budget)
+        assert c.bands is not None and c.need <= budget and c.whole == whole
+        assert c.need <= last_need and c.cost >= last_cost
+        # nothing cheaper fits
+        for b in memory.band_candidates(12, 3000):
+            if memory.band_cost(b, (3000, 4000), 12) < c.cost:
+                assert memory.plan_estimator(plan, bands=b)(4000) + memory.weights_cpu() > budget
+        last_need, last_cost = c.need, c.cost
+    lean = memory.check_plan_cpu(plan, available=10 ** 18, memory_plan="lean")
+    assert lean.need <= last_need
+    # below the leanest plan: refused, naming the largest size that fits with it
+    with pytest.raises(memory.NotEnoughMemory) as e:
+        memory.check_plan_cpu(plan, available=lean.need * 0.9)
+    fit = int(str(e.value).rsplit("--content-size ", 1)[1].rstrip(")"))
+    assert 1000 < fit < 4000
+    assert memory.fit_estimator(plan)(fit) + memory.weights_cpu() <= lean.need * 0.9
+    line = memory.describe(c, (3000, 4000))
+    assert "bands of" in line and "x the compute" in line and "\n" not in line
+
+
+def test_band_cost_and_estimates():
+    hw = (2048, 2048)
+    for split in (1, 3, 6):
+        for rows in (64, 256, 1024):
+            if rows < 2 * banded.margin(split):
+                continue
+            c = memory.band_cost((split, rows), hw, 12)
+            assert c > 1.0
+            assert memory.band_cost((split, rows * 2), hw, 12) <= c if rows < 1024 else True
+    # a deeper head costs more and keeps less
+    assert memory.band_cost((1, 256), hw, 12) < memory.band_cost((3, 256), hw, 12) \
+        < memory.band_cost((6, 256), hw, 12)
+    est = [memory.estimate_cpu(hw, [hw], bands=b, **QUALITY)
+           for b in (None, (1, 256), (3, 256), (6, 256))]
+    assert est[0] > est[1] > est[2] > est[3]
+    # the head in bands of 256 rows keeps a fraction of the whole's bytes (what
+    # remains is mostly whole-image state: L-BFGS's 10 pairs, the images)
+    assert est[3] < 0.4 * est[0]
+
+
+def test_memory_plan_bad_values(rng):
+    _, _, plan = _plan(rng, (64, 64), **TUTORIAL)
+    with pytest.raises(ValueError, match="unknown memory_plan"):
+        memory.check_plan_cpu(plan, memory_plan="small")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        memory.check_plan_cpu(plan, memory_plan=(3, 6))
 
 
 def _refuse_weights(monkeypatch):

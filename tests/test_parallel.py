@@ -55,8 +55,13 @@ def test_ops_do_not_depend_on_the_split(one_row_blocks):
 def test_workspace_reuses_arrays_by_key():
     ws = parallel.Workspace()
     a = ws.get(np, "y", (2, 3), np.float32)
-    assert ws.get(np, "y", (2, 3), np.float32) is a
-    assert ws.get(np, "y", (3, 2), np.float32) is not a  # a new shape: a new array
+    b = ws.get(np, "y", (2, 3), np.float32)
+    assert b.shape == (2, 3) and np.shares_memory(a, b)
+    # another shape of no more elements: a view of the same buffer, C-contiguous
+    c = ws.get(np, "y", (5, 1), np.float32)
+    assert c.flags.c_contiguous and np.shares_memory(a, c) and ws.nbytes() == 24
+    d = ws.get(np, "y", (3, 3), np.float32)  # more: a new buffer, the old one dropped
+    assert not np.shares_memory(a, d) and ws.nbytes() == 36
     assert ws.get(np, "y", (3, 2), np.float64).dtype == np.float64
     assert parallel.get(None, np, "y", (2, 3), np.float32) is None
 

@@ -89,21 +89,27 @@ class Workspace:
     array costs page faults (the kernel zeroes every page) that took 0.4 s of a
     2.7 s iteration at 512x512. An array from get() is valid until the next
     get() with its key, so one workspace serves one evaluation at a time.
+    Each key keeps one flat buffer as large as its largest request and get()
+    hands out a C-contiguous view of its start: one key serves arrays of
+    several shapes (the backward's two alternating gradient buffers; the bands
+    of cpstyle/banded.py, whose first and last windows are shorter).
     On CuPy get() returns None and the op allocates (the memory pool reuses)."""
 
     def __init__(self):
-        self._arrays = {}
+        self._flat = {}
 
     def get(self, xp, key, shape, dtype):
         if xp is not np:
             return None
-        a = self._arrays.get(key)
-        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-            a = self._arrays[key] = np.empty(shape, dtype=dtype)
-        return a
+        n = int(np.prod(shape))
+        buf = self._flat.get(key)
+        if buf is None or buf.dtype != dtype or buf.size < n:
+            self._flat.pop(key, None)  # the old buffer goes before the new one comes
+            buf = self._flat[key] = np.empty(n, dtype=dtype)
+        return buf[:n].reshape(shape)
 
     def nbytes(self):
-        return sum(a.nbytes for a in self._arrays.values())
+        return sum(a.nbytes for a in self._flat.values())
 
 
 def get(workspace, xp, key, shape, dtype):
