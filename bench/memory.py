@@ -179,9 +179,10 @@ def measure(preset, long_side, iterations=ITERATIONS, timeout=600):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def print_size(long_side, iterations=2, refuse_side=9000, timeout=3600):
+def print_size(long_side, iterations=2, refuse_side=9000, timeout=3600, square=True):
     """Issue #13's CPU targets through the CLI itself: `cpstyle run --iterations 2`
-    (the default preset) on the demo content upscaled to long_side, the peak
+    (the default preset) on the demo content upscaled to long_side (stretched
+    to a square with `square`), the peak
     RSS of that child process (ru_maxrss of the waited-for child), its time and
     what it said on stderr; then a refuse_side² content, which must be refused
     at once: exit 2, one line, nothing written. -> dict."""
@@ -191,16 +192,19 @@ def print_size(long_side, iterations=2, refuse_side=9000, timeout=3600):
     from PIL import Image
 
     from cpstyle.images import demo_paths, load_image, resize_to
-    from cpstyle.memory import available_cpu, resize_hw
+    from cpstyle.memory import available_cpu, resize_hw, total_cpu
     content_path, style_path = demo_paths()
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         c = load_image(content_path)
-        big = resize_to(c, *resize_hw(c.shape[:2], long_side))
+        # the issue's size is a square: the demo content stretched to it
+        big = resize_to(c, long_side, long_side) if square else \
+            resize_to(c, *resize_hw(c.shape[:2], long_side))
         cpath = Path(tmp) / f"content-{long_side}.png"
         Image.fromarray(np.clip(np.rint(big), 0, 255).astype(np.uint8)).save(cpath)
+        big_shape = big.shape[:2]
         del big
         for name, path, args in (
                 ("run", cpath, ["--iterations", str(iterations)]),
@@ -222,10 +226,11 @@ def print_size(long_side, iterations=2, refuse_side=9000, timeout=3600):
             # the largest peak of the children waited for: the run comes first
             peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
             lines = [ln.strip() for ln in se.replace("\r", "\n").splitlines() if ln.strip()]
-            out[name] = dict(size=refuse_side if name == "refuse" else long_side,
+            out[name] = dict(size=refuse_side if name == "refuse" else
+                             ([long_side] * 2 if square else list(big_shape)),
                              returncode=child.returncode, seconds=round(seconds, 1),
                              peak_rss=peak if name == "run" else None,
-                             available_before=free,
+                             available_before=free, ram=total_cpu(),
                              stderr_first=lines[:3], stderr_last=lines[-3:],
                              wrote_output=result.exists())
             print(f"{name} {out[name]['size']} px: exit {child.returncode} in {seconds:.1f} s"

@@ -379,17 +379,26 @@ def weights_cpu(channels=layers.LAYER_CHANNELS):
     return total
 
 
-def available_cpu():
-    """MemAvailable from /proc/meminfo in bytes; None where it is unknown."""
+def _meminfo(key):
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     parts = line.split()
                     return int(parts[1]) * (1024 if parts[2:3] == ["kB"] else 1)
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def available_cpu():
+    """MemAvailable from /proc/meminfo in bytes; None where it is unknown."""
+    return _meminfo("MemAvailable")
+
+
+def total_cpu():
+    """MemTotal from /proc/meminfo in bytes; None where it is unknown."""
+    return _meminfo("MemTotal")
 
 
 def fmt(n):
@@ -492,6 +501,11 @@ MEMORY_PLANS = ("auto", "whole", "lean")
 BAND_ROWS = (1024, 512, 256, 128, 64)
 # choose_plan takes the leanest plan within this share of the cheapest's compute
 COST_SLACK = 0.02
+# On the machine's own memory (no `available` given) choose_plan keeps a run
+# within this share of the RAM when some plan fits there: a run that takes all
+# of it leaves nothing to the system and the user's other programs. Only when
+# none does it take the plan that needs least of what is available.
+RAM_SHARE = 0.8
 
 Choice = collections.namedtuple("Choice", "bands need free cost whole")
 Choice.__doc__ = """The memory plan of a run: bands None (whole) or (split, rows); need:
@@ -541,7 +555,8 @@ def _candidates(plan, memory_plan, hw):
 
 def choose_plan(plan, include_weights=True, available=None, memory_plan="auto"):
     """The memory plan of a CPU run of `plan` (driver.check_arguments): "auto"
-    the cheapest (band_cost) whose estimate fits in the available memory,
+    the cheapest (band_cost) whose estimate fits in the available memory (and,
+    reading this machine's, in RAM_SHARE of its RAM if any plan does),
     "whole" the whole evaluation, "lean" the one that needs least, or
     (split, rows) those bands -> Choice. Raises NotEnoughMemory (naming the
     largest content that fits with the leanest plan) if the choice does not fit;
@@ -551,7 +566,13 @@ def choose_plan(plan, include_weights=True, available=None, memory_plan="auto"):
                          f"or (split layer, rows)")
     hw = plan.sizes[-1]
     top = max(list(plan.content_ids) + list(plan.style_ids))
-    free = available_cpu() if available is None else available
+    comfortable = None
+    if available is None:
+        free, total = available_cpu(), total_cpu()
+        if free is not None and total is not None:
+            comfortable = min(free, RAM_SHARE * total)
+    else:
+        free = available
     extra = weights_cpu() if include_weights else 0
     cands = _candidates(plan, memory_plan, hw)
     est = {c: plan_estimator(plan, bands=c) for c in cands}
@@ -562,6 +583,11 @@ def choose_plan(plan, include_weights=True, available=None, memory_plan="auto"):
     elif free is None and memory_plan == "auto":
         cands = [None]
     fits = [c for c in cands if free is None or need[c] <= free]
+    if comfortable is not None and fits and not any(need[c] <= comfortable for c in fits):
+        best = min(fits, key=lambda c: need[c])  # tight: the least memory
+        return Choice(best, need[best], free, band_cost(best, hw, top), whole)
+    if comfortable is not None:
+        fits = [c for c in fits if need[c] <= comfortable]
     if fits:
         # the cheapest, or a leaner plan within COST_SLACK of it: taller bands
         # save little compute (band_cost) for their memory

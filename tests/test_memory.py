@@ -95,9 +95,9 @@ def test_auto_plan_bands_only_when_the_whole_does_not_fit(rng):
         c = memory.check_plan_cpu(plan, available=budget)
         assert c.bands is not None and c.need <= budget and c.whole == whole
         assert c.need <= last_need and c.cost >= last_cost
-        # nothing cheaper fits
+        # nothing cheaper (beyond COST_SLACK, where a leaner plan may win) fits
         for b in memory.band_candidates(12, 3000):
-            if memory.band_cost(b, (3000, 4000), 12) < c.cost:
+            if memory.band_cost(b, (3000, 4000), 12) * (1 + memory.COST_SLACK) < c.cost:
                 assert memory.plan_estimator(plan, bands=b)(4000) + memory.weights_cpu() > budget
         last_need, last_cost = c.need, c.cost
     lean = memory.check_plan_cpu(plan, available=10 ** 18, memory_plan="lean")
@@ -226,3 +226,24 @@ def test_gpu_engine_buffers_match_the_model(optimizer, conv, pooling, layer_set,
     want = memory.estimate_gpu_engine((37, 45), cids, sids, optimizer, 10, conv, pooling,
                                       channels=SMALL)
     assert _engine_bytes(eng) == want
+
+
+def test_auto_plan_leaves_a_share_of_the_ram(rng, monkeypatch):
+    # on the machine's own memory the plan stays within RAM_SHARE of the RAM
+    # when one fits there; when none does, the leanest that fits what is free
+    _, _, plan = _plan(rng, (3000, 4000), **TUTORIAL)
+    GB = 10 ** 9
+    differ = 0
+    for total in range(12, 48, 4):
+        monkeypatch.setattr(memory, "available_cpu", lambda: total * GB)
+        monkeypatch.setattr(memory, "total_cpu", lambda: total * GB)
+        c = memory.check_plan_cpu(plan)
+        assert c.need <= memory.RAM_SHARE * total * GB
+        unlimited = memory.check_plan_cpu(plan, available=total * GB)
+        assert unlimited.need >= c.need and unlimited.cost <= c.cost
+        differ += unlimited.need > c.need
+    assert differ >= 3  # the share changes the choice at several sizes of RAM
+    lean = memory.check_plan_cpu(plan, available=10 ** 18, memory_plan="lean")
+    monkeypatch.setattr(memory, "available_cpu", lambda: lean.need * 1.01)
+    monkeypatch.setattr(memory, "total_cpu", lambda: lean.need * 1.05)
+    assert memory.check_plan_cpu(plan).bands == lean.bands
