@@ -3,7 +3,8 @@ current conv forms (ops/conv.py with WINOGRAD off: the row-shifted form, or
 the one-GEMM forms where that does not apply), side by side in one process.
 
     python -m bench.winograd [--sizes 256,512] [--repeats 7] [--eval-repeats 7]
-                             [--no-layers] [--no-eval] [--quick] [--out PATH | --no-save]
+                             [--no-layers] [--shapes 16:256,32:128] [--no-eval]
+                             [--quick] [--out PATH | --no-save]
 
 Per VGG-16 conv layer at each content size (the shapes the tutorial's 13
 layers see: layers.LAYER_CHANNELS, halved after each pool; random He weights
@@ -16,7 +17,8 @@ over max|y| at most 1e-5, else the case is not timed and the exit status is
 --repeats times; the ratio is the median of the pairs' own ratios
 (Winograd / current), followed by their spread (min..max). Winograd is timed
 on every layer, also where conv.uses_winograd would not take it; `rule`
-says whether it would.
+says whether it would. --shapes adds square cases SIZE:CHANNELS (Cin = Cout,
+the backward with an epilogue) around the rule's limits.
 
 Then one whole objective evaluation (StyleObjective, the tutorial's layers:
 content [4], style all 13, weights 1.5 / 10 / 0.3, random content, style and
@@ -194,6 +196,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7, help="alternating pairs per layer case")
     ap.add_argument("--eval-repeats", type=int, default=7, help="alternating pairs per evaluation")
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer cases")
+    ap.add_argument("--shapes", default="",
+                    help="extra square cases SIZE:CHANNELS (Cin = Cout), comma separated, "
+                         "e.g. 16:256,32:128: where conv.uses_winograd's limits lie")
     ap.add_argument("--no-eval", action="store_true", help="skip the whole evaluation")
     ap.add_argument("--quick", action="store_true", help="smoke test: 32 px, 2 pairs, random weights")
     ap.add_argument("--out", help="JSON path (default bench/results/<date>-cpu-winograd-<commit8>.json)")
@@ -222,6 +227,11 @@ def main(argv=None):
             for layer in layer_shapes(n):
                 for direction in ("fwd", "bwd"):
                     layers.append(conv_case(direction, layer, n, repeats, rng))
+    for case in filter(None, opts.shapes.split(",")):
+        side, ch = (int(v) for v in case.split(":"))
+        for direction in ("fwd", "bwd"):
+            layers.append(conv_case(direction, (None, f"{side}:{ch}", side, side, ch, ch, True),
+                                    side, repeats, rng))
     if not opts.no_eval:
         if opts.quick:
             from cpstyle.layers import LAYER_CHANNELS
