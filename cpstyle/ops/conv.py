@@ -44,6 +44,10 @@ output tile, y = Aᵀ[Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B)]A, i.e. 16 GEMMs (tiles, C
 additions-only input and output transforms made in blocks per thread. It
 pays where the GEMMs dominate those transforms: both channel counts >= 128
 and enough work per image (uses_winograd; the measurements by the limits).
+In one process alternating with the row-shifted form, quiet 2-core VM: per
+layer 0.58x .. 0.95x at 256² (conv2_2 .. conv5_3), 0.54x .. 0.78x at 512²;
+a tutorial objective evaluation 0.561 s -> 0.434 s at 256² (0.79x), 2.089 s
+-> 1.586 s at 512² (0.76x) (bench/winograd.py).
 
 Kernels: kernels/conv.cu (the GPU path uses im2col). Tests: tests/test_conv.py,
 tests/test_winograd.py."""
@@ -68,11 +72,12 @@ ROWS_MIN_PIXELS = 1024
 # BLAS is reachable (ops/blas.py), before the row-shifted form: where both
 # channel counts are at least WINOGRAD_MIN_CHANNELS and the GEMM work per
 # image, pixels·Cin·Cout, at least WINOGRAD_MIN_WORK. Below those its NumPy
-# transforms and short GEMMs cost more than the 2.25x fewer flops save
-# (bench/winograd.py, one process alternating, 2-core VM: 64 channels at
-# 128² .. 512² 1.07x .. 1.73x the row-shifted form's time; 32²x128 and 8²x512,
-# 2^24 each, 1.1x .. 1.3x; 16²x256, 2^24, 0.95x; 2^26 and up 0.52x .. 0.88x).
-# Tests switch it off (WINOGRAD = False) to run the other forms.
+# transforms and short GEMMs cost about what the 2.25x fewer flops save, or
+# more: time against the row-shifted form's, one process alternating, quiet
+# 2-core VM (bench/results/2026-11-29-cpu-winograd-*): 64 channels 1.3x .. 1.6x at
+# 128² and 256², 2.1x at 512² (conv1_2); 64 <-> 128 (conv2_1) 0.81x .. 1.02x;
+# at 2^24, 32²x128 1.07x, 16²x256 0.93x .. 0.96x, 8²x512 0.90x .. 0.92x; at
+# 2^26 and above 0.54x .. 0.95x. Tests switch it off (WINOGRAD = False).
 WINOGRAD = True
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MIN_WORK = 1 << 25
