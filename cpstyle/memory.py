@@ -96,6 +96,36 @@ def _conv_work(h, w, cin, cout, threads, rows_form_ok):
     return p * 9 * min(cin, cout), 0
 
 
+def _winograd_bytes(hw, top, threads):
+    """The Winograd form's scratch (ops/winograd.py) over the convs of a walk
+    at hw that take it (ops/conv.uses_winograd), both directions: per thread
+    the largest padded rows, x-transformed rows, V and M blocks of its block
+    path (tiles_per_block rows, at most its share), or, for images of too few
+    tiles, V and M whole (the _by_entries path). Scratch buffers only grow, so
+    each name's largest counts."""
+    from .ops import winograd
+    from .ops.conv import uses_winograd
+    big = {}
+    for i, h, w, cin, cout, pooled in _walk(hw, top):
+        for ci, co in ((cin, cout), (cout, cin)):
+            if not uses_winograd(ci, co, h * w, np.float32):
+                continue
+            th, tw = -(-h // 2), -(-w // 2)
+            if th * tw < winograd.MIN_TILES * threads:
+                nb, whole = -(-th // threads), True
+            else:
+                nb = min(winograd.tiles_per_block(1, tw, ci, co, F32), -(-th // threads))
+                whole = False
+            per = dict(pad=(2 * nb + 2) * (2 * tw + 2) * ci, cols=4 * (2 * nb + 2) * tw * ci)
+            if whole:
+                per.update(v=16 * th * tw * ci / threads, m=16 * th * tw * co / threads)
+            else:
+                per.update(v=16 * nb * tw * ci, m=16 * nb * tw * co)
+            for k, v in per.items():
+                big[k] = max(big.get(k, 0), v)
+    return int(threads * sum(big.values()) * F32)
+
+
 def _walk(hw, top, channels=layers.LAYER_CHANNELS):
     """[(i, h, w, cin, cout, pooled after)] for layers 0..top at content size hw."""
     h, w = hw
@@ -339,7 +369,8 @@ def estimate_cpu_parts(content_hw, style_hws, content_layer_ids=(4,),
         init = max(init, kept["content_targets"] + fwd_s + in_s)
         cols, unfold = max(cols, c2), max(unfold, u2)
     cols, unfold = max(cols, c1), max(unfold, u1)
-    work = cols * F32 + threads * (unfold * F32 + BLAS_BUFFER_BYTES)
+    work = (cols * F32 + threads * (unfold * F32 + BLAS_BUFFER_BYTES)
+            + _winograd_bytes(content_hw, top, threads))
     previous = 0
     if scales is not None and len(scales) > 1:
         pk, _, pc, pu = iteration(tuple(scales[-2][:2]))
@@ -368,14 +399,21 @@ def weights_cpu(channels=layers.LAYER_CHANNELS):
     """Bytes that loading VGG-16 on the CPU keeps (cpstyle/vgg16.py): the kernels
     (the file's arrays themselves: to_device copies no float32 array), their
     flipped copies, the GEMM operands that are copies (gemm_weights: the
-    backward's where Cin <= Cout, the forward's where Cout <= Cin), the biases.
+    backward's where Cin <= Cout, the forward's where Cout <= Cin), the biases,
+    and the Winograd form's transformed kernels (16·Cin·Cout each way, where
+    ops/conv.py may take it).
     Importing h5py adds about 12 MB more (bench/memory.py measures the whole load)."""
+    from .ops import blas
+    from .ops.conv import WINOGRAD, WINOGRAD_MIN_CHANNELS
+    wino = WINOGRAD and blas.available(np.float32)
     total = 0
     for cin, cout in channels:
         k = 9 * cin * cout * F32
         total += 2 * k + cout * F32  # the kernel, the flipped kernel, the bias
         total += k if cin <= cout else 0
         total += k if cout <= cin else 0
+        if wino and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
+            total += 2 * 16 * cin * cout * F32  # the Winograd form's U, each way
     return total
 
 
@@ -501,6 +539,9 @@ MEMORY_PLANS = ("auto", "whole", "lean")
 BAND_ROWS = (1024, 512, 256, 128, 64)
 # choose_plan takes the leanest plan within this share of the cheapest's compute
 COST_SLACK = 0.02
+# the time of a conv on the Winograd form per multiply-add of the direct one
+# (bench/results/2026-11-29-cpu-winograd-0e29ae4c: 0.54..0.78 per layer)
+WINOGRAD_TIME = 0.6
 # On the machine's own memory (no `available` given) choose_plan keeps a run
 # within this share of the RAM when some plan fits there: a run that takes all
 # of it leaves nothing to the system and the user's other programs. Only when
@@ -528,16 +569,25 @@ def band_candidates(top, height=None):
 
 
 def band_cost(bands, hw, top, channels=layers.LAYER_CHANNELS):
-    """An evaluation's multiply-adds in `bands` over the whole evaluation's: the
-    head's forward runs twice (once more for the backward) and its three passes
-    cover each band's window, own rows plus margins (banded.windows); the tail
-    and the rest are as before. 1.0 for None."""
+    """An evaluation's time in `bands` over the whole evaluation's, modelled by
+    the convs' multiply-adds (those on the Winograd form at WINOGRAD_TIME of
+    theirs): the head's forward runs twice (once more for the backward) and its
+    three passes cover each band's window, own rows plus margins
+    (banded.windows); the tail and the rest are as before. 1.0 for None.
+    bench/bands.py measured (2-core VM, quality layers, 512² and 1024²) 0.01 to
+    0.13 more than this: the head's full-size masks and pools weigh more in
+    time than in multiply-adds; the order of the plans is the model's."""
     if bands is None:
         return 1.0
     from .banded import windows
+    from .ops.conv import uses_winograd
     split, rows = bands
-    macs = [9 * cin * cout / 4 ** sum(1 for p in layers.POOL_AFTER if p < i)
-            for i, (cin, cout) in enumerate(channels[:top + 1])]
+    macs = []
+    for i, h, w, cin, cout, _ in _walk(hw, top, channels):
+        m = 9 * cin * cout * h * w
+        if uses_winograd(cin, cout, h * w, np.float32):
+            m *= WINOGRAD_TIME  # fewer flops: less of the time than of the MACs
+        macs.append(m)
     head, total = sum(macs[:split + 1]), sum(macs)
     f = sum(hi - lo for lo, hi, _, _ in windows(hw[0], split, rows)) / hw[0]
     return 1.0 + head * (3 * f - 2) / (2 * total)
