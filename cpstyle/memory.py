@@ -677,7 +677,7 @@ def describe(choice, hw):
     free = f", {fmt(choice.free)} available" if choice.free is not None else ""
     return (f"memory: {hw[1]}x{hw[0]} needs about {fmt(choice.whole)} at once{free}; "
             f"running layers conv1_1..{layers.LAYER_NAMES[split]} in bands of {rows} rows "
-            f"(about {fmt(choice.need)}, {choice.cost:.2f}x the compute)")
+            f"(about {fmt(choice.need)}, about {choice.cost:.2f}x the time)")
 
 
 def check_plan_cpu(plan, include_weights=True, available=None, memory_plan="auto"):

@@ -109,7 +109,7 @@ def test_auto_plan_bands_only_when_the_whole_does_not_fit(rng):
     assert 1000 < fit < 4000
     assert memory.fit_estimator(plan)(fit) + memory.weights_cpu() <= lean.need * 0.9
     line = memory.describe(c, (3000, 4000))
-    assert "bands of" in line and "x the compute" in line and "\n" not in line
+    assert "bands of" in line and "x the time" in line and "\n" not in line
 
 
 def test_band_cost_and_estimates():
