@@ -13,7 +13,9 @@ layer; P_i = h_i·w_i pixels at layer i, C_i channels, pools floor-halve):
     dz                     max over even i + max over odd i of P_i·C_i: the
                            backward's two alternating gradient buffers
     pool_p, dp_p, arg_p    (2·4 + 1)·Σ_p P_p/4·C_p   pools before top (max pooling)
-    dtap_s                 Σ_s P_s·C_s          style layers' Gram backward
+    dtap_s                 threads · 2 MB       style layers' Gram backward, a
+                                                block of rows at a time (GramGrad;
+                                                Σ_s P_s·C_s without ops/blas.py)
     content targets        Σ_c P_c·C_c
     scratch "cols"         max P_i·9·C          the one-GEMM forms (conv1_1's
                                                 backward to 3 channels, 27 floats/px;
@@ -38,12 +40,15 @@ layer; P_i = h_i·w_i pixels at layer i, C_i channels, pools floor-halve):
   until the new one is made).
 
 Per content pixel, all 13 layers (the tutorial): y 270 floats, dz 64 + 64 (the
-two alternating buffers), the style layers' dtap 270, pools 30·(2 floats + 1
-byte), conv1_1's backward columns 27, conv3_1's content target 16, images 6:
-about 3.3 kB; the quality preset (top conv5_1, five style layers, L-BFGS with 10
-pairs) about 2.9 kB. So 4096² needs about 48 GB (quality) and 55 GB (tutorial)
-at once; in bands after conv3_3 of 256 rows about 20 GB and 21 GB, after conv4_3
-about 14 and 13 GB (the L-BFGS pairs, 2.4 GB at 4096², are whole-image state).
+two alternating buffers), pools 30·(2 floats + 1 byte), conv1_1's backward
+columns 27, conv3_1's content target 16, images 6: about 2.2 kB; the quality
+preset (top conv5_1, five style layers, L-BFGS with 10 pairs) about 2.4 kB. The
+style layers' gradients are made block by block where the backward adds them
+(ops/gram.GramGrad; a whole array per layer, 270 floats per pixel for the
+tutorial, without ops/blas.py). So 4096² needs about 40 GB (quality) and 37 GB
+(tutorial) at once; in bands after conv3_3 of 256 rows about 18 and 16 GB,
+after conv4_3 about 14 and 11 GB (the L-BFGS pairs, 2.4 GB at 4096², are
+whole-image state).
 
 In bands (cpstyle/banded.py, memory_plan; _band_parts): the same terms for the
 tail (layers split+1..top) only, the head's output and its gradient whole, the
@@ -187,7 +192,11 @@ def _iteration_parts(hw, content_ids, style_ids, optimizer, history, iterations,
             q = (h // 2) * (w // 2) * cout
             kept["pools"] += q * (2 * F32 + 1)  # pool output, dp, argmax
         if i in style_ids:
-            kept["style_grads"] += a
+            # ops/gram.GramGrad makes its rows block by block (with ops/blas.py);
+            # without it, gram_backward_cpu fills a whole array per layer
+            # (one scratch per thread: the largest layer's block counts)
+            kept["style_grads"] = (max(kept["style_grads"], _gram_rows(h, w, cout, threads))
+                                   if rows_ok else kept["style_grads"] + a)
             kept["style_targets"] += cout * cout * F32
         for ci, co in ((cin, cout), (cout, cin)):  # forward, backward to the input
             c, u = _conv_work(h, w, ci, co, threads, rows_ok)
@@ -218,6 +227,14 @@ def _tv_bytes(img):
     if img // F32 > TV_BLOCKS_FROM:
         return img + 3 * TV_BLOCK_FLOATS * F32
     return 5 * img
+
+
+def _gram_rows(h, w, c, threads):
+    """GramGrad's per-thread scratch (ops/gram.py) for a style layer: the rows
+    of one block of the op it is added in, about parallel.BLOCK_BYTES (twice,
+    for the largest of those ops' blocks), at most the layer."""
+    from .ops.parallel import BLOCK_BYTES
+    return threads * min(2 * BLOCK_BYTES, h * w * c * F32)
 
 
 def _band_parts(hw, content_ids, style_ids, optimizer, history, iterations, threads,
@@ -256,7 +273,11 @@ def _band_parts(hw, content_ids, style_ids, optimizer, history, iterations, thre
         if pooled:
             kept["pools"] += (h // 2) * (w // 2) * cout * (2 * F32 + 1)
         if i in style_ids:
-            kept["style_grads"] += a
+            # ops/gram.GramGrad makes its rows block by block (with ops/blas.py);
+            # without it, gram_backward_cpu fills a whole array per layer
+            # (one scratch per thread: the largest layer's block counts)
+            kept["style_grads"] = (max(kept["style_grads"], _gram_rows(h, w, cout, threads))
+                                   if rows_ok else kept["style_grads"] + a)
         work(h, w, cin, cout)
     kept["gradients"] = sum(dz)
     kept["head output"] = 2 * (H // D) * (W // D) * layers.LAYER_CHANNELS[split][1] * F32

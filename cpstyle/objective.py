@@ -24,10 +24,10 @@ import numpy as np
 from . import layers
 from .backend import get_array_module, to_device, to_host
 from .images import validate_image
-from .ops.gram import gram_backward_cpu, gram_forward_cpu
+from .ops.gram import gram_backward_cpu, gram_forward_cpu, lazy_gram_backward
 from .ops.loss import (denoise_backward_cpu, denoise_forward_cpu, mse_backward_cpu,
                        mse_forward_cpu)
-from .ops.parallel import Workspace, get as buffer
+from .ops.parallel import Workspace
 
 ADJ_EPS = 1e-10
 GRAM_NORMS = ("none", "hw")
@@ -195,11 +195,8 @@ class StyleObjective:
         for i in self.style_ids:
             g, cache = grams[i]
             dg = mse_backward_cpu(g, self.style_targets[i], coef[1] * sw[i])
-            d = gram_backward_cpu(dg, cache, out=buffer(ws, xp, ("dtap", i), cache[1], g.dtype))
-            if i in dtaps:
-                dtaps[i] += d  # the content term: a new array, ours to add to
-            else:
-                dtaps[i] = d
+            # the rows of norm·F·(dG + dGᵀ) are made where the backward adds them
+            dtaps[i] = lazy_gram_backward(dg, cache, dtaps.get(i))
         grad = model.backward(dtaps, caches, ws)
         denoise_backward_cpu(x, coef[2], out=grad)
         return losses, adj, grad
@@ -252,11 +249,7 @@ class StyleObjective:
             if i <= split:
                 dgs[i] = dg
                 continue
-            d = gram_backward_cpu(dg, cache, out=buffer(ws, xp, ("dtap", i), cache[1], g.dtype))
-            if i in dtaps:
-                dtaps[i] += d
-            else:
-                dtaps[i] = d
+            dtaps[i] = lazy_gram_backward(dg, cache, dtaps.get(i))
         dhead = model.backward_layers(dtaps, caches, ws, split + 1,
                                       out=ws.get(xp, ("dhead",), hshape, dt))
 

@@ -16,10 +16,11 @@ import numpy as np
 
 from . import cuda, layers
 from .backend import resolve_device, to_device, xp_for
+from .ops import blas
 from .ops.conv import (conv_forward_cpu, conv_input_grad_cpu, flip_kernel, gemm_weights,
-                       relu_backward_cpu, relu_epilogue)
+                       relu_backward_cpu, relu_epilogue, row_bytes)
 from .ops.conv_igemm import conv_forward_igemm
-from .ops.parallel import get as buffer
+from .ops.parallel import get as buffer, in_row_blocks
 from .ops.pool import (POOLINGS, avgpool_backward_cpu, avgpool_forward_cpu,
                        maxpool_backward_cpu, maxpool_forward_cpu)
 from .ops.preprocess import (preprocess_backward_cpu, preprocess_forward_cpu,
@@ -155,6 +156,13 @@ class VGG16:
         given; else a new array). The gradients between layers alternate
         between two workspace buffers (keys ("dz", 0) and ("dz", 1)): dz_i is
         spent once the layer below has its own."""
+        if self.xp is np and blas.available(self.dtype):
+            # the GEMMs of GramGrad's rows run inside our threads' blocks
+            with blas.single_threaded():
+                return self._backward_layers(dtaps, caches, workspace, first, dout, out)
+        return self._backward_layers(dtaps, caches, workspace, first, dout, out)
+
+    def _backward_layers(self, dtaps, caches, workspace, first, dout, out):
         xp, ws, dt = self.xp, workspace, self.dtype
         top = first + len(caches) - 1
         y_top = caches[-1][0][1]
@@ -167,6 +175,11 @@ class VGG16:
             else:
                 dz = maxpool_backward_cpu(dout, c, epilogue=finish,
                                           out=buffer(ws, xp, ("dz", top % 2), y_top.shape, dt))
+        elif top in dtaps and hasattr(dtaps[top], "rows"):  # a GramGrad, block by block
+            dz = buffer(ws, xp, ("dz", top % 2), y_top.shape, dt)
+            dz = xp.empty_like(y_top) if dz is None else dz
+            in_row_blocks(lambda lo, hi: relu_backward_cpu(None, y_top, dz, dtaps[top], lo, hi),
+                          y_top.shape[1], row_bytes(y_top), xp)
         elif top in dtaps:
             dz = relu_backward_cpu(dtaps[top], y_top,
                                    out=buffer(ws, xp, ("dz", top % 2), y_top.shape, dt))

@@ -23,8 +23,9 @@ def test_estimate_grows_about_linearly_with_pixels(kw):
     per_px = {L: e / L ** 2 for L, e in est.items()}
     for a, b in ((512, 1024), (1024, 2048), (2048, 4096)):
         assert est[b] > est[a]
-        # the fixed buffers (BLAS, style targets) fade: bytes per pixel settle
-        assert 0.9 < per_px[b] / per_px[a] <= 1.0, per_px
+        # the fixed buffers (BLAS's, the Winograd form's and the Gram rows'
+        # blocks per thread, style targets) fade: bytes per pixel settle
+        assert 0.85 < per_px[b] / per_px[a] <= 1.0, per_px
     # DESIGN.md §9: ~1.2 kB/px kept for the backward alone; twice with the gradients
     assert 2000 < per_px[4096] < 5000, per_px
 
@@ -129,7 +130,7 @@ def test_band_cost_and_estimates():
     assert est[0] > est[1] > est[2] > est[3]
     # the head in bands of 256 rows keeps a fraction of the whole's bytes (what
     # remains is mostly whole-image state: L-BFGS's 10 pairs, the images)
-    assert est[3] < 0.4 * est[0]
+    assert est[3] < 0.45 * est[0]
 
 
 def test_memory_plan_bad_values(rng):

@@ -210,14 +210,20 @@ def conv_forward_cpu(x, w, b, wflip=None, out=None, wmat=None):
 
 def relu_backward_cpu(dout, y, out=None, add=None, lo=0, hi=None):
     """out[:, lo:hi] = (dout + add) ⊙ [y > 0] on rows lo..hi-1 (all rows by
-    default): the ReLU's backward, with a tap gradient `add` folded in. `out`
-    may be `dout` (in place)."""
-    xp = get_array_module(dout)
-    out = xp.empty_like(dout) if out is None else out
-    rows = slice(lo, dout.shape[1] if hi is None else hi)
-    d = dout[:, rows]
-    if add is not None:
-        d = xp.add(d, add[:, rows], out=out[:, rows])
+    default): the ReLU's backward, with a tap gradient `add` folded in (an
+    array, or an ops/gram.GramGrad whose rows are made here; dout None: add
+    alone). `out` may be `dout` (in place)."""
+    xp = get_array_module(y)
+    out = xp.empty_like(y) if out is None else out
+    hi = y.shape[1] if hi is None else hi
+    rows = slice(lo, hi)
+    if hasattr(add, "rows"):  # ops/gram.GramGrad: its rows made here
+        add = add.rows(lo, hi)
+        d = add if dout is None else xp.add(dout[:, rows], add, out=out[:, rows])
+    else:
+        d = dout[:, rows]
+        if add is not None:
+            d = xp.add(d, add[:, rows], out=out[:, rows])
     xp.multiply(d, y[:, rows] > 0, out=out[:, rows])
     return out
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from . import blas
+from .parallel import scratch
 
 
 def gram_forward_cpu(x, norm=1.0):
@@ -56,6 +57,43 @@ def gram_backward_cpu(dg, cache, out=None):
         df *= norm
     return df.reshape(shape)
 
+
+
+class GramGrad:
+    """dL/dF = norm·F·(dG + dGᵀ) (+ `extra`, e.g. a content term), never made
+    whole: rows(lo, hi) makes the rows lo..hi-1 of it where the backward adds
+    it (conv.relu_backward_cpu, in the block the op that makes dh is on), a
+    small single-threaded GEMM per block into a per-thread scratch. Saves the
+    image-sized array per style layer that gram_backward_cpu fills (NumPy with
+    ops/blas.py; 270 floats per pixel for the tutorial's 13 layers).
+    `shape`: F's (N, H, W, C)."""
+
+    def __init__(self, dg, cache, extra=None):
+        f, shape, norm = cache
+        self.f, self.shape, self.norm, self.extra = f, tuple(shape), norm, extra
+        self.sym = np.ascontiguousarray((dg + dg.transpose(0, 2, 1)).astype(f.dtype))
+        if norm != 1.0:
+            self.sym *= f.dtype.type(norm)
+
+    def rows(self, lo, hi):
+        n, h, w, c = self.shape
+        out = scratch(np, "gram_rows", (n, hi - lo, w, c), self.f.dtype)
+        o3 = out.reshape(n, (hi - lo) * w, c)
+        for k in range(n):
+            blas.gemm(self.f[k, lo * w:hi * w], self.sym[k], o3[k])
+        if self.extra is not None:
+            out += self.extra[:, lo:hi]
+        return out
+
+
+def lazy_gram_backward(dg, cache, extra=None):
+    """GramGrad where the NumPy backward can take it (ops/blas.py), else the
+    whole gradient now (gram_backward_cpu, plus extra)."""
+    f = cache[0]
+    if get_array_module(f) is np and blas.available(f.dtype) and dg.dtype == f.dtype:
+        return GramGrad(dg, cache, extra)
+    d = gram_backward_cpu(dg, cache)
+    return d if extra is None else d + extra
 
 
 # ---- GPU path: the backend's matmul (no kernel of our own) ------------------
