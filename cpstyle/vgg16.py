@@ -171,7 +171,8 @@ class VGG16:
             finish = relu_epilogue(y_top, dtaps.get(top))
             if kind == "avg":
                 dz = avgpool_backward_cpu(dout, c)
-                finish(dz, 0, dz.shape[1])
+                in_row_blocks(lambda lo, hi, dz=dz, finish=finish: finish(dz, lo, hi),
+                              dz.shape[1], row_bytes(dz), xp)
             else:
                 dz = maxpool_backward_cpu(dout, c, epilogue=finish,
                                           out=buffer(ws, xp, ("dz", top % 2), y_top.shape, dt))
@@ -202,7 +203,8 @@ class VGG16:
             kind, c = pool_cache
             if kind == "avg":
                 dz = avgpool_backward_cpu(dp, c)
-                finish(dz, 0, dz.shape[1])
+                in_row_blocks(lambda lo, hi, dz=dz, finish=finish: finish(dz, lo, hi),
+                              dz.shape[1], row_bytes(dz), xp)
             else:
                 dz = maxpool_backward_cpu(dp, c, epilogue=finish,
                                           out=buffer(ws, xp, ("dz", (i - 1) % 2), y.shape, dt))
