@@ -167,15 +167,7 @@ class VGG16:
         top = first + len(caches) - 1
         y_top = caches[-1][0][1]
         if dout is not None:
-            kind, c = caches[-1][1]
-            finish = relu_epilogue(y_top, dtaps.get(top))
-            if kind == "avg":
-                dz = avgpool_backward_cpu(dout, c)
-                in_row_blocks(lambda lo, hi, dz=dz, finish=finish: finish(dz, lo, hi),
-                              dz.shape[1], row_bytes(dz), xp)
-            else:
-                dz = maxpool_backward_cpu(dout, c, epilogue=finish,
-                                          out=buffer(ws, xp, ("dz", top % 2), y_top.shape, dt))
+            dz = self._pool_backward(dout, caches[-1][1], y_top, dtaps.get(top), ws, top)
         elif top in dtaps and hasattr(dtaps[top], "rows"):  # a GramGrad, block by block
             dz = buffer(ws, xp, ("dz", top % 2), y_top.shape, dt)
             dz = xp.empty_like(y_top) if dz is None else dz
@@ -192,22 +184,28 @@ class VGG16:
                 return conv_input_grad_cpu(dz, w, self.kernels_flipped[i], wmat=self._gemm(i, 1),
                                            out=out)
             (_, y), pool_cache = caches[i - 1 - first]
-            finish = relu_epilogue(y, dtaps.get(i - 1))
             if pool_cache is None:
-                dz = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], epilogue=finish,
+                dz = conv_input_grad_cpu(dz, w, self.kernels_flipped[i],
+                                         epilogue=relu_epilogue(y, dtaps.get(i - 1)),
                                          wmat=self._gemm(i, 1),
                                          out=buffer(ws, xp, ("dz", (i - 1) % 2), y.shape, dt))
                 continue
             dp = conv_input_grad_cpu(dz, w, self.kernels_flipped[i], wmat=self._gemm(i, 1),
                                      out=buffer(ws, xp, ("dp", i), dz.shape[:3] + (w.shape[2],), dt))
-            kind, c = pool_cache
-            if kind == "avg":
-                dz = avgpool_backward_cpu(dp, c)
-                in_row_blocks(lambda lo, hi, dz=dz, finish=finish: finish(dz, lo, hi),
-                              dz.shape[1], row_bytes(dz), xp)
-            else:
-                dz = maxpool_backward_cpu(dp, c, epilogue=finish,
-                                          out=buffer(ws, xp, ("dz", (i - 1) % 2), y.shape, dt))
+            dz = self._pool_backward(dp, pool_cache, y, dtaps.get(i - 1), ws, i - 1)
+
+    def _pool_backward(self, dp, pool_cache, y, dtap, ws, i):
+        """dz_i = (pool's backward of dp + dtap) ⊙ [y_i > 0], finished block by
+        block (relu_epilogue), into the workspace's dz buffer of i's parity."""
+        xp = self.xp
+        finish = relu_epilogue(y, dtap)
+        kind, c = pool_cache
+        if kind == "avg":
+            dz = avgpool_backward_cpu(dp, c)
+            in_row_blocks(lambda lo, hi: finish(dz, lo, hi), dz.shape[1], row_bytes(dz), xp)
+            return dz
+        return maxpool_backward_cpu(dp, c, epilogue=finish,
+                                    out=buffer(ws, xp, ("dz", i % 2), y.shape, self.dtype))
 
 
 def check_pooling(pooling):

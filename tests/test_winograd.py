@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cpstyle.ops import blas, conv, winograd
+from emulation.checks import conv3x3_64
 from gradcheck import assert_close
 
 pytestmark = pytest.mark.skipif(not blas.available(np.float64),
@@ -16,16 +17,8 @@ SHAPES = [((1, 7, 5, 3), 4), ((2, 9, 4, 5), 3), ((1, 1, 9, 2), 5), ((1, 9, 1, 2)
           ((1, 1, 1, 3), 2), ((2, 33, 17, 6), 8), ((1, 2, 2, 4), 4), ((1, 20, 31, 7), 16)]
 
 
-def direct(x, w):
-    """Plain 3x3 'same' correlation in float64: y[i, j] = Σ x[i+ky-1, j+kx-1]·W[ky, kx]."""
-    n, h, wd, _ = x.shape
-    p = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    y = np.zeros((n, h, wd, w.shape[3]))
-    for ky in range(3):
-        for kx in range(3):
-            y += np.tensordot(p[:, ky:ky + h, kx:kx + wd], np.asarray(w[ky, kx], np.float64),
-                              axes=([3], [0]))
-    return y
+# a plain 3x3 'same' correlation in float64: y[i, j] = Σ x[i+ky-1, j+kx-1]·W[ky, kx]
+direct = conv3x3_64
 
 
 @pytest.fixture(params=["by-entries", "blocks"])
