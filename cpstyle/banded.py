@@ -34,8 +34,8 @@ argmaxes) must be exact there: Σ_{convs <= k} d more. Both are at most
 S = Σ_{head convs} d, so a margin of S rows, rounded up to D, is enough for the
 forward and the backward alike (split 1: S = 2, margin 2; split 3: S = 6,
 margin 8; split 6: S = 18, margin 24). Tests (tests/test_banded.py) check the
-result against the full evaluation with one-row-pair bands, and that a margin
-one step short breaks it.
+result against the full evaluation with bands of D rows (one row of the head's
+output) and taller, and that a margin one step short breaks it.
 
 Cost: the head's forward runs twice per evaluation, each time on own rows plus
 2 margins (memory.band_cost models it). Memory: what the head keeps scales

@@ -31,8 +31,9 @@ def assert_same(whole, parts, x):
 @pytest.mark.parametrize("split", banded.SPLITS)
 @pytest.mark.parametrize("rows", ["D", "3D", "big"])
 def test_bands_give_the_whole_evaluation(rng, split, rows, conv_form):
-    # one-row-pair bands (D) are the hardest case: every own row is next to a
-    # margin; odd sizes leave rows that the pools drop in the last band
+    # bands of D rows (one row of the head's output) are the hardest case:
+    # every own row is next to a margin; odd sizes leave rows that the pools
+    # drop in the last band
     D = banded.step(split)
     n = {"D": D, "3D": 3 * D, "big": 64 * D}[rows]
     whole, parts, x = pair(rng, (split, n))
