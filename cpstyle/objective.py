@@ -170,36 +170,49 @@ class StyleObjective:
         adj (3,) device array, grad (1, H, W, 3))."""
         if self.bands is not None:
             return self._evaluate_banded(x)
-        xp, model = self.xp, self.model
-        ws = self.workspace
-        taps, caches = model.forward(x, self.tap_ids, ws)
+        taps, caches = self.model.forward(x, self.tap_ids, self.workspace)
+        losses, adj, coef, dtaps, _ = self._losses_and_tap_grads(x, taps)
+        grad = self.model.backward(dtaps, caches, self.workspace)
+        denoise_backward_cpu(x, coef[2], out=grad)
+        return losses, adj, grad
+
+    def _losses_and_tap_grads(self, x, taps, split=-1, head_grams=None, head_sumsq=None):
+        """The losses, adj factors and coefficients, and the tap gradients of the
+        layers below `split` (whole: split -1) -> (losses, adj, coef, dtaps,
+        {style id <= split: dL/dG}). The head's layers (banded) come as their
+        Grams and content squared-error sums, summed over the bands."""
+        xp, dt = self.xp, self.model.dtype
         cw = dict(zip(self.content_ids, self.content_layer_weights))
         sw = dict(zip(self.style_ids, self.style_layer_weights))
-        lc = sum(cw[i] * mse_forward_cpu(taps[i], self.content_targets[i])
+        lc = sum(cw[i] * (head_sumsq[i] / self.content_targets[i].size if i <= split
+                          else mse_forward_cpu(taps[i], self.content_targets[i]))
                  for i in self.content_ids)
         grams = {}
         ls = 0.0
         for i in self.style_ids:
-            grams[i] = gram_forward_cpu(taps[i], gram_norm_factor(self.gram_norm, taps[i].shape))
+            grams[i] = (head_grams[i], None) if i <= split else \
+                gram_forward_cpu(taps[i], gram_norm_factor(self.gram_norm, taps[i].shape))
             ls = ls + sw[i] * mse_forward_cpu(grams[i][0], self.style_targets[i])
         ld = denoise_forward_cpu(x)
-        losses = xp.stack([xp.asarray(lc), xp.asarray(ls), xp.asarray(ld)]).astype(model.dtype)
+        losses = xp.stack([xp.asarray(lc), xp.asarray(ls), xp.asarray(ld)]).astype(dt)
         if self.constant_weights:
-            adj = xp.ones(3, dtype=model.dtype)  # the factors used: none
+            adj = xp.ones(3, dtype=dt)  # the factors used: none
         else:
             adj = 1.0 / (losses + ADJ_EPS)
-        coef = xp.asarray(self.weights, dtype=model.dtype) * adj
-        dtaps = {}
+        coef = xp.asarray(self.weights, dtype=dt) * adj
+        dtaps, dgs = {}, {}
         for i in self.content_ids:
-            dtaps[i] = mse_backward_cpu(taps[i], self.content_targets[i], coef[0] * cw[i])
+            if i > split:
+                dtaps[i] = mse_backward_cpu(taps[i], self.content_targets[i], coef[0] * cw[i])
         for i in self.style_ids:
             g, cache = grams[i]
             dg = mse_backward_cpu(g, self.style_targets[i], coef[1] * sw[i])
-            # the rows of norm·F·(dG + dGᵀ) are made where the backward adds them
-            dtaps[i] = lazy_gram_backward(dg, cache, dtaps.get(i))
-        grad = model.backward(dtaps, caches, ws)
-        denoise_backward_cpu(x, coef[2], out=grad)
-        return losses, adj, grad
+            if i <= split:
+                dgs[i] = dg
+            else:
+                # the rows of norm·F·(dG + dGᵀ) are made where the backward adds them
+                dtaps[i] = lazy_gram_backward(dg, cache, dtaps.get(i))
+        return losses, adj, coef, dtaps, dgs
 
     def _evaluate_banded(self, x):
         """evaluate() with the head in bands (cpstyle/banded.py, steps 1-4)."""
@@ -208,50 +221,21 @@ class StyleObjective:
         split, rows = self.bands
         if self.band_workspace is None:
             self.band_workspace = Workspace()
-        bws = self.band_workspace
         dt = model.dtype
         D = step(split)
-        head_ids = [i for i in self.tap_ids if i <= split]
-        tail_ids = [i for i in self.tap_ids if i > split]
         norms = self._norms(x.shape, [i for i in self.style_ids if i <= split])
         hshape = (1, x.shape[1] // D, x.shape[2] // D, model.kernels[split].shape[3])
         head, grams_h, sumsq = forward_stats(
-            model, x, split, rows, self.content_ids, self.style_ids, norms, bws,
-            targets=self.content_targets, out=ws.get(xp, ("head",), hshape, dt))
-        _, taps, caches = model.forward_layers(head, split + 1, self.tap_ids[-1], tail_ids, ws)
-        cw = dict(zip(self.content_ids, self.content_layer_weights))
-        sw = dict(zip(self.style_ids, self.style_layer_weights))
-        lc = 0.0
-        for i in self.content_ids:
-            lc = lc + cw[i] * (sumsq[i] / self.content_targets[i].size if i <= split
-                               else mse_forward_cpu(taps[i], self.content_targets[i]))
-        grams = {}
-        ls = 0.0
-        for i in self.style_ids:
-            if i <= split:
-                grams[i] = (grams_h[i], None)
-            else:
-                grams[i] = gram_forward_cpu(taps[i], gram_norm_factor(self.gram_norm,
-                                                                      taps[i].shape))
-            ls = ls + sw[i] * mse_forward_cpu(grams[i][0], self.style_targets[i])
-        ld = denoise_forward_cpu(x)
-        losses = xp.stack([xp.asarray(lc), xp.asarray(ls), xp.asarray(ld)]).astype(dt)
-        adj = xp.ones(3, dtype=dt) if self.constant_weights else 1.0 / (losses + ADJ_EPS)
-        coef = xp.asarray(self.weights, dtype=dt) * adj
-        dtaps = {}
-        for i in self.content_ids:
-            if i > split:
-                dtaps[i] = mse_backward_cpu(taps[i], self.content_targets[i], coef[0] * cw[i])
-        dgs = {}
-        for i in self.style_ids:
-            g, cache = grams[i]
-            dg = mse_backward_cpu(g, self.style_targets[i], coef[1] * sw[i])
-            if i <= split:
-                dgs[i] = dg
-                continue
-            dtaps[i] = lazy_gram_backward(dg, cache, dtaps.get(i))
+            model, x, split, rows, self.content_ids, self.style_ids, norms,
+            self.band_workspace, targets=self.content_targets,
+            out=ws.get(xp, ("head",), hshape, dt))
+        _, taps, caches = model.forward_layers(
+            head, split + 1, self.tap_ids[-1], [i for i in self.tap_ids if i > split], ws)
+        losses, adj, coef, dtaps, dgs = self._losses_and_tap_grads(x, taps, split, grams_h,
+                                                                   sumsq)
         dhead = model.backward_layers(dtaps, caches, ws, split + 1,
                                       out=ws.get(xp, ("dhead",), hshape, dt))
+        cw = dict(zip(self.content_ids, self.content_layer_weights))
 
         def tap_grad(i):
             norm = norms.get(i)
@@ -269,8 +253,9 @@ class StyleObjective:
             return fn
 
         grad = xp.zeros(x.shape, dtype=dt)
-        backward_bands(model, x, split, rows, dhead, {i: tap_grad(i) for i in head_ids},
-                       bws, grad)
+        backward_bands(model, x, split, rows, dhead,
+                       {i: tap_grad(i) for i in self.tap_ids if i <= split},
+                       self.band_workspace, grad)
         denoise_backward_cpu(x, coef[2], out=grad)
         return losses, adj, grad
 
