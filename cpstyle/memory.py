@@ -50,7 +50,7 @@ tutorial, without ops/blas.py). So 4096² needs about 40 GB (quality) and 37 GB
 after conv4_3 about 14 and 11 GB (the L-BFGS pairs, 2.4 GB at 4096², are
 whole-image state).
 
-In bands (cpstyle/banded.py, memory_plan; _band_parts): the same terms for the
+In bands (cpstyle/banded.py, memory_plan; _iteration_parts with bands): the same terms for the
 tail (layers split+1..top) only, the head's output and its gradient whole, the
 content targets and images as above, and the head's arrays (y, the two dz, pools,
 tap gradients) for the tallest window: own rows + 2 margins, at full width.
@@ -173,19 +173,35 @@ def _forward_bytes(hw, top, threads, rows_ok):
 
 
 def _iteration_parts(hw, content_ids, style_ids, optimizer, history, iterations,
-                     threads, rows_ok):
+                     threads, rows_ok, bands=None):
     """(kept: {name: bytes}, transients: {name: bytes}, cols floats, unfold floats)
-    of the iteration loop at content size hw."""
+    of the iteration loop at content size hw. In `bands` (cpstyle/banded.py)
+    the layers below the head (split+1..top) are kept as the whole evaluation
+    keeps its layers, the head's output and its gradient whole, and the head's
+    arrays at the size of the largest window (own rows + 2 margins)."""
+    split = -1 if bands is None else bands[0]
     top = max(list(content_ids) + list(style_ids))
-    img = 3 * hw[0] * hw[1] * F32
+    H, W = hw
+    img = 3 * H * W * F32
     kept = dict(activations=0, gradients=0, pools=0, style_grads=0, content_targets=0,
                 style_targets=0)
     tap = {}
     cols = unfold = 0
+
+    def work(h, w, cin, cout):  # forward, backward to the input
+        nonlocal cols, unfold
+        for ci, co in ((cin, cout), (cout, cin)):
+            c, u = _conv_work(h, w, ci, co, threads, rows_ok)
+            cols, unfold = max(cols, c), max(unfold, u)
+
     dz = [0, 0]  # the backward's two alternating gradient buffers (layer parity)
     for i, h, w, cin, cout, pooled in _walk(hw, top):
         a = h * w * cout * F32
         tap[i] = a
+        if i in style_ids:
+            kept["style_targets"] += cout * cout * F32
+        if i <= split:
+            continue
         kept["activations"] += a  # y_i
         dz[i % 2] = max(dz[i % 2], a)
         if pooled:
@@ -197,22 +213,38 @@ def _iteration_parts(hw, content_ids, style_ids, optimizer, history, iterations,
             # (one scratch per thread: the largest layer's block counts)
             kept["style_grads"] = (max(kept["style_grads"], _gram_rows(h, w, cout, threads))
                                    if rows_ok else kept["style_grads"] + a)
-            kept["style_targets"] += cout * cout * F32
-        for ci, co in ((cin, cout), (cout, cin)):  # forward, backward to the input
-            c, u = _conv_work(h, w, ci, co, threads, rows_ok)
-            cols, unfold = max(cols, c), max(unfold, u)
+        work(h, w, cin, cout)
     kept["gradients"] = sum(dz)
+    end = 2 * img  # the backward's dL/dh and the pre-processing's dx
+    if bands is not None:
+        from .banded import margin, step
+        rows, D = bands[1], step(split)
+        kept["head output"] = 2 * (H // D) * (W // D) * layers.LAYER_CHANNELS[split][1] * F32
+        win = min(H, rows + 2 * margin(split))
+        window = 2 * 3 * win * W * F32  # the window's dh and dx
+        dz = [0, 0]
+        for i, h, w, cin, cout, pooled in _walk((win, W), split):
+            a = h * w * cout * F32
+            window += a  # y
+            dz[i % 2] = max(dz[i % 2], a)
+            if i in content_ids or i in style_ids:
+                window += a  # the tap's gradient on the window
+            if i in layers.POOL_AFTER:
+                window += (h // 2) * (w // 2) * cout * (2 * F32 + 1)  # out, dp or dhead, argmax
+            work(h, w, cin, cout)
+        kept["band window"] = window + sum(dz)
+        end = img + 3 * win * W * F32  # the grad, a window's dx
     content = [tap[i] for i in content_ids]
     kept["content_targets"] = sum(content)
     kept["images"] = 2 * img  # x0 and x
     pairs = min(max(iterations - 1, 0), history)
     kept["optimizer"] = {"gd": 0, "adam": 2 * img,
                          "lbfgs": (2 + 2 * pairs) * img if iterations > 0 else 0}[optimizer]
-    dtaps = sum(content)
+    dtaps = sum(tap[i] for i in content_ids if i > split)
     trans = {
         "content loss": 2 * max(content),
         "content gradient": dtaps + max(content),
-        "backward end": dtaps + 2 * img,
+        "backward end": dtaps + end,
         "total variation": dtaps + _tv_bytes(img),
         "step": {"gd": 3, "adam": 7, "lbfgs": 8}[optimizer] * img if iterations > 0 else 0,
     }
@@ -237,83 +269,9 @@ def _gram_rows(h, w, c, threads):
     return threads * min(2 * BLOCK_BYTES, h * w * c * F32)
 
 
-def _band_parts(hw, content_ids, style_ids, optimizer, history, iterations, threads,
-                rows_ok, bands):
-    """_iteration_parts for an evaluation in bands (cpstyle/banded.py): the tail
-    (layers split+1..top) kept as the whole evaluation keeps its layers, the
-    head's output and its gradient whole, and the head's arrays at the size of
-    the largest window (own rows + 2 margins) in its FlexWorkspace."""
-    from .banded import margin, step
-    split, rows = bands
-    top = max(list(content_ids) + list(style_ids))
-    H, W = hw
-    D = step(split)
-    img = 3 * H * W * F32
-    kept = dict(activations=0, gradients=0, pools=0, style_grads=0, content_targets=0,
-                style_targets=0)
-    tap = {}
-    cols = unfold = 0
-    dz = [0, 0]
-
-    def work(h, w, cin, cout):
-        nonlocal cols, unfold
-        for ci, co in ((cin, cout), (cout, cin)):
-            c, u = _conv_work(h, w, ci, co, threads, rows_ok)
-            cols, unfold = max(cols, c), max(unfold, u)
-
-    for i, h, w, cin, cout, pooled in _walk(hw, top):
-        a = h * w * cout * F32
-        tap[i] = a
-        if i in style_ids:
-            kept["style_targets"] += cout * cout * F32
-        if i <= split:
-            continue
-        kept["activations"] += a
-        dz[i % 2] = max(dz[i % 2], a)
-        if pooled:
-            kept["pools"] += (h // 2) * (w // 2) * cout * (2 * F32 + 1)
-        if i in style_ids:
-            # ops/gram.GramGrad makes its rows block by block (with ops/blas.py);
-            # without it, gram_backward_cpu fills a whole array per layer
-            # (one scratch per thread: the largest layer's block counts)
-            kept["style_grads"] = (max(kept["style_grads"], _gram_rows(h, w, cout, threads))
-                                   if rows_ok else kept["style_grads"] + a)
-        work(h, w, cin, cout)
-    kept["gradients"] = sum(dz)
-    kept["head output"] = 2 * (H // D) * (W // D) * layers.LAYER_CHANNELS[split][1] * F32
-    win = min(H, rows + 2 * margin(split))
-    window = 2 * 3 * win * W * F32  # the window's dh and dx
-    dz = [0, 0]
-    for i, h, w, cin, cout, pooled in _walk((win, W), split):
-        a = h * w * cout * F32
-        window += a  # y
-        dz[i % 2] = max(dz[i % 2], a)
-        if i in content_ids or i in style_ids:
-            window += a  # the tap's gradient on the window
-        if i in layers.POOL_AFTER:
-            window += (h // 2) * (w // 2) * cout * (2 * F32 + 1)  # out, dp or dhead, argmax
-        work(h, w, cin, cout)
-    kept["band window"] = window + sum(dz)
-    content = [tap[i] for i in content_ids]
-    kept["content_targets"] = sum(content)
-    kept["images"] = 2 * img
-    pairs = min(max(iterations - 1, 0), history)
-    kept["optimizer"] = {"gd": 0, "adam": 2 * img,
-                         "lbfgs": (2 + 2 * pairs) * img if iterations > 0 else 0}[optimizer]
-    dtaps = sum(tap[i] for i in content_ids if i > split)
-    trans = {
-        "content loss": 2 * max(content),
-        "content gradient": dtaps + max(content),
-        "backward end": dtaps + img + 3 * win * W * F32,  # grad, a window's dx
-        "total variation": dtaps + _tv_bytes(img),
-        "step": {"gd": 3, "adam": 7, "lbfgs": 8}[optimizer] * img if iterations > 0 else 0,
-    }
-    return kept, trans, cols, unfold
-
-
 def _band_forward_bytes(hw, top, threads, rows_ok, bands):
     """_forward_bytes for a forward in bands: the head's windows (their own
-    FlexWorkspace, gone when the bands are done) beside the head's output,
+    Workspace, gone when the bands are done) beside the head's output,
     then the tail's forward on it whole. -> (held, transient, cols, unfold)."""
     from .banded import margin, step
     split, rows = bands
@@ -367,12 +325,8 @@ def estimate_cpu_parts(content_hw, style_hws, content_layer_ids=(4,),
     content_hw = tuple(int(v) for v in content_hw[:2])
 
     def iteration(hw):
-        b = _usable(bands, hw, top)
-        if b is None:
-            return _iteration_parts(hw, content_ids, style_ids, optimizer, history,
-                                    num_iterations, threads, rows_ok)
-        return _band_parts(hw, content_ids, style_ids, optimizer, history, num_iterations,
-                           threads, rows_ok, b)
+        return _iteration_parts(hw, content_ids, style_ids, optimizer, history,
+                                num_iterations, threads, rows_ok, _usable(bands, hw, top))
 
     def forward(hw, ids):
         b = _usable(bands, hw, top)
