@@ -5,6 +5,8 @@ recipe, scored by a network the optimisation never sees.
     python -m bench.quality --sizes 256 --methods classic,quality
     python -m bench.quality --quick                 # 64 px, 2 pairs, a few iterations (smoke)
     python -m bench.quality --resume results/X.json # skip what X.json already has
+    python -m bench.quality --device gpu --no-score --work-dir DIR   # a GPU machine without
+    python -m bench.quality --score results/X.json --work-dir DIR    # ... AlexNet, scored here
 
 Pairs (cpstyle/data, one style each): grace_hopper + the_scream (portrait),
 tubingen + starry_night (city), chelsea + great_wave (animal), summer_palace +
@@ -35,7 +37,13 @@ and the preset's time over the anchor's.
 Writes results/quality-<device>-<size list>-<commit>.json (rewritten after every
 picture, so --resume continues a run that was stopped) and a contact sheet
 (rows: pairs; columns: content, style, each method) beside it; the pictures
-themselves go to --work-dir (not committed). Tests: tests/test_bench_quality.py.
+themselves go to --work-dir (not committed). `--no-score` leaves the scores out
+(null) and needs no AlexNet weights: the device machine's carry has room for the
+VGG-16 file only, so a GPU run writes its pictures and times there and
+`--score` scores them afterwards from the saved PNGs (8-bit, as every
+picture a user gets: at 64 px, --quick, the 16 PNGs scored within 9e-4 of
+their float images).
+Tests: tests/test_bench_quality.py.
 """
 import argparse
 import datetime
@@ -134,7 +142,8 @@ def summarise(results, names, sizes):
     for size in sizes:
         rows = {}
         for name in names:
-            rs = [r for r in results if r["size"] == size and r["method"] == name]
+            rs = [r for r in results if r["size"] == size and r["method"] == name
+                  and r.get("lpips") is not None]  # --no-score rows wait for --score
             if rs:
                 rows[name] = {k: float(np.mean([r[k] for r in rs]))
                               for k in ("lpips", "style_gap", "seconds")}
@@ -162,7 +171,7 @@ def strength_monotone(results, sizes, strengths):
         for c, _ in PAIRS:
             got = {}
             for r in results:
-                if r["size"] != size or r["pair"] != c:
+                if r["size"] != size or r["pair"] != c or r.get("lpips") is None:
                     continue
                 if r["method"] == "quality":
                     got[1.0] = r
@@ -229,7 +238,13 @@ def main(argv=None):
     p.add_argument("--resume", default=None, help="a JSON of an earlier run to continue")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 64 px, two pairs, 3 iterations everywhere")
+    p.add_argument("--no-score", action="store_true",
+                   help="run and time only (no AlexNet weights needed); --score later")
+    p.add_argument("--score", default=None, metavar="JSON",
+                   help="score the unscored pictures of JSON (from --work-dir), then summarise")
     opts = p.parse_args(argv)
+    if opts.score:
+        return score_later(Path(opts.score), opts.work_dir)
     opts.sizes = [int(v) for v in opts.sizes.split(",")]
     opts.methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
     opts.anchor_weights = [float(v) for v in opts.anchor_weights.split(",")]
@@ -255,7 +270,7 @@ def main(argv=None):
                   "(pip install torch==2.13.0)", flush=True)
         else:
             torch_model = TorchVGG16(load_weights(), opts.torch_device)
-    net = AlexNet.load()
+    net = None if opts.no_score else AlexNet.load()
 
     tag = f"quality-{opts.device}-{'-'.join(map(str, opts.sizes))}-{commit[:8]}"
     if opts.quick:
@@ -287,32 +302,68 @@ def main(argv=None):
     for size in run_sizes:
         for c, s in pairs:
             content, style, style_path = load_pair(c, s, size)
-            scorer = Scorer(content, style, net)
+            scorer = None if net is None else Scorer(content, style, net)
             for name in run_names:
                 if any(r["size"] == size and r["pair"] == c and r["method"] == name
                        for r in results):
                     continue
                 img, seconds, extra = run_method(name, content, style, style_path, opts,
                                                  model, torch_model)
-                score = scorer.score(img)
+                score = scorer.score(img) if scorer else {"lpips": None, "style_gap": None}
                 save_image(img, work / f"{size}-{c}-{name}.png")
                 r = {"size": size, "pair": c, "style": s, "method": name,
                      "shape": list(content.shape[:2]), "seconds": seconds, **score, **extra}
                 results.append(r)
-                print(f"{size} | {c:<13} | {name:<14} | lpips {score['lpips']:.3f} | "
-                      f"style_gap {score['style_gap']:.3f} | {seconds:7.1f} s", flush=True)
+                print_result(r)
                 doc.update(results=results, summary=summarise(results, names, opts.sizes),
                            strength=strength_monotone(results, opts.sizes, opts.strengths))
                 out_json.parent.mkdir(parents=True, exist_ok=True)
                 out_json.write_text(json.dumps(doc, indent=1) + "\n")
-    doc.update(results=results, summary=summarise(results, names, opts.sizes),
-               strength=strength_monotone(results, opts.sizes, opts.strengths))
+    doc.update(results=results)
+    return finish(doc, out_json, work)
+
+
+def print_result(r):
+    scores = "unscored" if r["lpips"] is None else \
+        f"lpips {r['lpips']:.3f} | style_gap {r['style_gap']:.3f}"
+    print(f"{r['size']} | {r['pair']:<13} | {r['method']:<14} | {scores} | "
+          f"{r['seconds']:7.1f} s", flush=True)
+
+
+def score_later(out_json, work_dir):
+    """--score: the rows of out_json without scores, scored from their pictures."""
+    from bench.lpips import AlexNet, Scorer
+    from cpstyle import load_image
+    doc = json.loads(out_json.read_text())
+    work = Path(work_dir) if work_dir else \
+        Path(os.environ.get("TMPDIR", "/tmp")) / out_json.stem
+    net = AlexNet.load()
+    todo = [r for r in doc["results"] if r.get("lpips") is None]
+    for size, c, s in sorted({(r["size"], r["pair"], r["style"]) for r in todo}):
+        content, style, _ = load_pair(c, s, size)
+        scorer = Scorer(content, style, net)
+        for r in todo:
+            if (r["size"], r["pair"]) == (size, c):
+                f = work / f"{size}-{c}-{r['method']}.png"
+                if not f.exists():
+                    raise SystemExit(f"quality: error: {f} is missing (--work-dir?)")
+                r.update(scorer.score(load_image(f)))
+                print_result(r)
+    return finish(doc, out_json, work)
+
+
+def finish(doc, out_json, work):
+    """Summary, strengths, the JSON rewritten, the table printed, the sheet."""
+    results, names, sizes = doc["results"], doc["methods"], doc["sizes"]
+    strengths = sorted({float(n[9:]) for n in names if n.startswith("quality-s")})
+    doc.update(summary=summarise(results, names, sizes),
+               strength=strength_monotone(results, sizes, strengths))
     out_json.write_text(json.dumps(doc, indent=1) + "\n")
     print_table(doc["summary"])
     for key, m in doc["strength"].items():
         print(f"  strength {key}: {m['strengths']} lpips {np.round(m['lpips'], 3).tolist()} "
               f"gap {np.round(m['style_gap'], 3).tolist()} monotone {m['monotone']}")
-    sheet = write_sheet(results, names, opts.sizes, work, out_json.with_suffix(".jpg"))
+    sheet = write_sheet(results, names, sizes, work, out_json.with_suffix(".jpg"))
     print(f"wrote {out_json}" + (f" and {sheet}" if sheet else ""))
     return 0
 

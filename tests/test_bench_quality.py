@@ -60,3 +60,44 @@ def test_quick_run_writes_json_and_sheet(tmp_path, weights_path):
         assert 0 <= x["lpips"] and x["style_gap"] >= 0 and x["seconds"] > 0
     assert path.with_suffix(".jpg").exists()
     assert set(doc["summary"]) == {"64"}
+
+
+def test_unscored_rows_wait_for_their_scores():
+    names = ["classic-100", "quality", "quality-s2"]
+    rs = [result("classic-100", 0.40, 0.40, 10), result("quality", None, None, 5),
+          result("quality-s2", 0.50, 0.20)]
+    s = quality.summarise(rs, names, [256])["256"]
+    assert set(s["means"]) == {"classic-100", "quality-s2"}
+    assert "anchors_better_on_both_axes" not in s  # no quality score yet
+    assert quality.strength_monotone(rs, [256], [2]) == {}  # one scored point is no curve
+
+
+@pytest.mark.weights
+def test_score_later_scores_the_saved_pictures(tmp_path):
+    pytest.importorskip("h5py")
+    from bench import lpips
+    from cpstyle import save_image
+    try:
+        lpips.load()
+    except FileNotFoundError:
+        pytest.skip("AlexNet LPIPS weights absent (python -m bench.lpips fetch)")
+    content, style, _ = quality.load_pair("tubingen", "starry_night", 64)
+    save_image(content, tmp_path / "64-tubingen-quality.png")   # the content itself
+    from cpstyle.images import resize_to
+    save_image(resize_to(style, *content.shape[:2]),  # the style, at the content's shape
+               tmp_path / "64-tubingen-classic-100.png")
+    doc = {"methods": ["classic-100", "quality"], "sizes": [64],
+           "results": [dict(result(m, None, None, 2.0, size=64), style="starry_night")
+                       for m in ("classic-100", "quality")]}
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(doc))
+    assert quality.main(["--score", str(path), "--work-dir", str(tmp_path)]) == 0
+    got = {r["method"]: r for r in json.loads(path.read_text())["results"]}
+    assert got["quality"]["lpips"] < 0.01 and got["quality"]["style_gap"] > 0.9
+    # the style stretched to the content's shape: far from the content, near the style
+    assert got["classic-100"]["style_gap"] < 0.5 and got["classic-100"]["lpips"] > 0.3
+    (tmp_path / "64-tubingen-quality.png").unlink()
+    doc["results"][1]["lpips"] = None
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match="missing"):
+        quality.main(["--score", str(path), "--work-dir", str(tmp_path)])
