@@ -8,9 +8,11 @@ Every config is the quality preset of commit 0fe670d2 (reciprocal weights 1.5 /
 from the content) with the keywords below on top; the `cm`/`ce` configs are
 the classic recipe's objective in cpstyle (constant weights, weight_style =
 K·1e3·Σ 1/C_l², layer weights 1/C_l² for `cm`, equal for `ce`) with a total
-variation of t·1e-6 on the sum. Every `_every` iterations the image is scored
-(bench/lpips.py) and one JSON line printed and appended to OUT: pair, config,
-iteration, seconds (scoring excluded), losses, lpips, style_gap. The records
+variation of t·1e-6 on the sum. The `q` configs (QCONFIGS) are the quality
+preset of 2c9823b1 (preset="quality") with their keywords on top. Every
+`_every` iterations the image is scored (bench/lpips.py) and one JSON line printed and appended to OUT: pair, config,
+iteration, seconds (scoring excluded), losses, lpips, style_gap; the last
+picture of each run goes beside OUT as OUT-PAIR-CONFIG.png. The records
 of the 2026-11-29 exploration: results/quality-explore-cpu-256-2026-11-29.jsonl
 (2-core VM, one or two runs at a time, so their seconds compare only roughly)."""
 import json
@@ -55,6 +57,26 @@ CONFIGS = {
 }
 
 
+# The quality preset of 2c9823b1 (constant weights) with these on top: the
+# 2026-12-08 exploration (results/quality-explore-cpu-256-2026-12-08.jsonl).
+QCONFIGS = {
+    "q300": dict(num_iterations=300),
+    "qms60": dict(multiscale=True, min_size=128, iterations_per_scale=60, _every=20),
+    "qms100": dict(multiscale=True, min_size=128, iterations_per_scale=100, _every=25),
+    "qlw1c": dict(style_layer_weights=(8.0, 4.0, 2.0, 1.0, 1.0)),
+    "qavg": dict(pooling="avg"),
+    "qh30": dict(lbfgs_history=30),
+    # all 13 style layers, each weighted 1/C² (sum 1, as the preset's five)
+    "q13": dict(style_layer_ids=tuple(range(13)),
+                style_layer_weights=tuple(1 / c ** 2 for c in
+                                          (64, 64, 128, 128, 256, 256, 256, 512, 512, 512,
+                                           512, 512, 512))),
+    # the preset's five plus conv1_2 and conv2_2 (the second conv of the first two blocks)
+    "q7": dict(style_layer_ids=(0, 1, 2, 3, 4, 7, 10),
+               style_layer_weights=tuple(1 / c ** 2 for c in (64, 64, 128, 128, 256, 512, 512))),
+}
+
+
 def main(argv):
     out, cfgs, pairs = argv[0], argv[1].split(","), argv[2].split(",")
     size = int(argv[3]) if len(argv) > 3 else 256
@@ -76,8 +98,9 @@ def main(argv):
                                      seconds=time.perf_counter() - t0 - scoring[0],
                                      losses=p.losses, **sc))
                     print(json.dumps(rows[-1]), flush=True)
-            cfg = CONFIGS[name]
-            kw = dict(OLD_QUALITY, model=model, seed=0)
+            cfg = QCONFIGS[name] if name in QCONFIGS else CONFIGS[name]
+            kw = dict(preset="quality") if name in QCONFIGS else dict(OLD_QUALITY)
+            kw.update(model=model, seed=0)
             if cfg == "freeze":
                 last = {}
 
@@ -87,7 +110,7 @@ def main(argv):
                 img = cpstyle.style_transfer(content, style, callback=first, callback_every=1,
                                              **{**kw, "num_iterations": 75})
                 L = last["l"]
-                cpstyle.style_transfer(
+                img = cpstyle.style_transfer(
                     content, style, **{**kw, "init": to_host(img), "constant_weights": True,
                                        "weight_content": 1.5 / L["content"],
                                        "weight_style": 3.0 / L["style"],
@@ -97,8 +120,10 @@ def main(argv):
             else:
                 cfg = dict(cfg)
                 every = cfg.pop("_every", 50)
-                cpstyle.style_transfer(content, style, callback=lambda p: cb(p, 0, every),
-                                       callback_every=every, **{**kw, **cfg})
+                img = cpstyle.style_transfer(content, style, callback=lambda p: cb(p, 0, every),
+                                             callback_every=every, **{**kw, **cfg})
+            # the last picture beside OUT, to look at (not committed)
+            cpstyle.save_image(to_host(img), f"{out.rsplit('.', 1)[0]}-{c}-{name}.png")
             with open(out, "a") as f:
                 for r in rows:
                     f.write(json.dumps(r) + "\n")
