@@ -39,6 +39,9 @@ config = {
     "block": 256,           # threads per block, element-wise kernels
     "reduce_threads": 256,  # threads per block of the reductions (power of two)
     "reduce_blocks": 256,   # fixed grid of the first reduction stage = partials
+    # kernels/gram.cu (ops/gram.py): output tile edge, micro-tile edge, staged
+    # rows, and about how many blocks the split-K forward aims for
+    "gram_tile": 64, "gram_micro": 4, "gram_k": 16, "gram_blocks": 528,
 }
 
 

@@ -24,7 +24,7 @@ from cpstyle.ops.gram import (gram_backward_cpu, gram_backward_gpu, gram_forward
 from cpstyle.ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
                               denoise_backward_cpu, denoise_forward_cpu, denoise_sum_gpu,
                               mse_backward_cpu, mse_forward_cpu, mse_sum_gpu, scaled_diff_gpu)
-from cpstyle.ops import conv, optim
+from cpstyle.ops import conv, gram, optim
 from cpstyle.ops.pool import (avgpool_backward_cpu, avgpool_backward_gpu, avgpool_forward_cpu,
                               avgpool_forward_gpu, maxpool_backward_cpu, maxpool_backward_gpu,
                               maxpool_forward_cpu, maxpool_forward_gpu)
@@ -437,15 +437,65 @@ def test_descend_clip(emu, rng, shape):
     assert_close(out, optim.descend_clip_cpu(x, d), atol=0, rtol=0, what="descend + clip")
 
 
-# ---- gram (the backend's matmul: no kernel, but the wrappers' plumbing) ------------
+# ---- gram (kernels/gram.cu) ------------------------------------------------------
+# Emulated tiles are 8 wide (2x2 micro-tiles, 4 staged rows): C of 1, 7, 8, 9, 17 and
+# HW of 1 .. 37 put every tile edge, partial tiles and partial staging steps in play.
 
-@pytest.mark.parametrize("shape,norm", [((1, 3, 7, 5), 1.0), ((1, 33, 3, 7), 1 / 99)])
+GRAM_SHAPES = [((1, 1, 1, 1), 1.0), ((1, 3, 7, 5), 1.0), ((2, 5, 4, 8), 0.5),
+               ((1, 33, 1, 9), 1 / 99), ((1, 4, 9, 17), 1.0), ((1, 2, 3, 16), 2.0)]
+
+
+def gram_ref64(f3):
+    return np.einsum("npi,npj->nij", f3.astype(np.float64), f3.astype(np.float64))
+
+
+@covers("gram_partial_kernel", "gram_reduce_kernel")
+@pytest.mark.parametrize("blocks", [1, 6, 1000], ids=["one slice", "some", "most"])
+@pytest.mark.parametrize("shape,norm", GRAM_SHAPES, ids=str)
+def test_gram_forward(emu, rng, shape, norm, blocks):
+    """G = norm·FᵀF against float64, for one slice of the HW sum, a few and as
+    many as the rows allow; exactly symmetric; the work buffer's slices only."""
+    cuda.config["gram_blocks"] = blocks  # the emu fixture restores the config
+    n, h, w, c = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    splits = gram.gram_splits(h * w, c)
+    if blocks == 1:
+        assert splits == 1
+    work = nan_like(gram.gram_work_size(h * w, c) + 5)
+    g, cache = gram_forward_gpu(x, norm, out=nan_like((n, c, c)), work=work)
+    ref = gram_ref64(x.reshape(n, h * w, c)) * norm
+    bound = 2 * h * w * EPS32 * np.abs(x).max() ** 2 * norm
+    assert_close(g, ref, atol=bound, rtol=EPS32, what=f"gram forward ({splits} slices)")
+    assert np.array_equal(g, g.transpose(0, 2, 1)), "G not exactly symmetric"
+    assert np.isnan(work[splits * c * c:]).all(), "wrote past its slices"
+    gr, _ = gram_forward_cpu(x, norm)
+    assert_close(g, gr, atol=bound, rtol=4 * EPS32, what="gram forward vs gram_forward_cpu")
+    assert cache[0].shape == (n, h * w, c) and cache[2] == norm
+
+
+@covers("gram_backward_kernel")
+@pytest.mark.parametrize("hw,c", [(1, 1), (7, 7), (8, 8), (9, 9), (33, 17), (16, 3), (37, 16)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gram_backward_accumulate(emu, rng, hw, c, accumulate):
+    f = rng.standard_normal((hw, c)).astype(np.float32)
+    dg = rng.standard_normal((c, c)).astype(np.float32)
+    dh0 = rng.standard_normal((hw, c)).astype(np.float32)
+    dh = dh0.copy() if accumulate else nan_like((hw, c))
+    gram.gram_backward_accumulate_gpu(dh, f, dg, accumulate)
+    ref = f.astype(np.float64) @ dg.astype(np.float64) + (dh0 if accumulate else 0)
+    bound = 2 * c * EPS32 * np.abs(f).max() * np.abs(dg).max() + (4 * EPS32 if accumulate else 0)
+    assert_close(dh, ref, atol=bound, rtol=2 * EPS32, what=f"F·dG (accumulate={accumulate})")
+
+
+@covers("gram_partial_kernel", "gram_reduce_kernel", "gram_backward_kernel")
+@pytest.mark.parametrize("shape,norm", [((1, 3, 7, 5), 1.0), ((2, 33, 3, 9), 1 / 99)])
 def test_gram_wrappers(emu, rng, shape, norm):
+    """The dispatchers' GPU functions (made buffers) against the reference."""
     x = rng.standard_normal(shape).astype(np.float32)
     n, h, w, c = shape
-    g, cache = gram_forward_gpu(x, norm, out=nan_like((n, c, c)))
+    g, cache = gram_forward_gpu(x, norm)
     gr, cache_r = gram_forward_cpu(x, norm)
-    assert_close(g, gr, atol=1e-6, rtol=1e-5, what="gram forward")
+    assert_close(g, gr, atol=1e-5, rtol=1e-5, what="gram forward")
     dg = rng.standard_normal((n, c, c)).astype(np.float32)
     dx = gram_backward_gpu(dg, cache, out=nan_like(shape), sym=nan_like((n, c, c)))
     assert_close(dx, gram_backward_cpu(dg, cache_r), atol=1e-5, rtol=1e-5, what="gram backward")

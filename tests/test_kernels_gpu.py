@@ -381,25 +381,37 @@ def test_update_gpu(rng, shape):
     assert np.array_equal(host(again), host(xg)), "update is not deterministic"
 
 
-# ---- gram (cupy.matmul) -----------------------------------------------------------
+# ---- gram (kernels/gram.cu) ----------------------------------------------------------
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape,norm", [((1, 3, 7, 5), 1.0), ((1, 33, 17, 64), 1 / 561),
-                                        ((2, 9, 11, 3), 1.0)])
+                                        ((2, 9, 11, 3), 1.0), ((1, 31, 33, 129), 1.0),
+                                        ((1, 16, 16, 512), 1 / 256)])
 def test_gram_gpu(rng, shape, norm):
+    """Our kernels at the GPU's tiles (64 wide): partial tiles, split K, and the
+    backward; deterministic; G exactly symmetric."""
     x = rng.standard_normal(shape).astype(np.float32)
     n, h, w, c = shape
     out = poison((n, c, c))
-    g, cache = gram_forward_gpu(cp.asarray(x), norm, out=out)
+    work = cp.full(gram.gram_work_size(h * w, c), np.nan, np.float32)
+    g, cache = gram_forward_gpu(cp.asarray(x), norm, out=out, work=work)
     assert g is out
     gr, cache_r = gram_forward_cpu(x, norm)
     k = h * w
     m = np.abs(x).max()
     assert_close(host(g), gr, atol=2 * k * EPS32 * m * m * norm, rtol=EPS32, what="gram forward")
+    assert np.array_equal(host(g), host(g).transpose(0, 2, 1)), "G not exactly symmetric"
+    again, _ = gram_forward_gpu(cp.asarray(x), norm, work=work)
+    assert np.array_equal(host(again), host(g)), "gram forward is not deterministic"
     dg = rng.standard_normal((n, c, c)).astype(np.float32)
     dx = gram_backward_gpu(cp.asarray(dg), cache, out=poison(shape), sym=poison((n, c, c)))
     atol = 2 * c * EPS32 * m * 2 * np.abs(dg).max() * c * norm
     assert_close(host(dx), gram_backward_cpu(dg, cache_r), atol=atol, rtol=1e-6, what="gram backward")
+    dh0 = rng.standard_normal((h * w, c)).astype(np.float32)
+    dh = gram.gram_backward_accumulate_gpu(cp.asarray(dh0), cp.asarray(x[0].reshape(-1, c)),
+                                           cp.asarray(dg[0]))
+    ref = x[0].reshape(-1, c).astype(np.float64) @ dg[0] + dh0
+    assert_close(host(dh), ref, atol=atol + 4 * EPS32, rtol=1e-6, what="dh + F·dG")
 
 
 # ---- dispatchers: CuPy float32 goes to the kernels, the answer matches the reference -----

@@ -46,7 +46,8 @@ CXXFLAGS = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wext
             "-fsanitize-undefined-trap-on-error", "-fvisibility=hidden"]
 
 # Small launch shapes for the emulation: the wrappers read these from cpstyle.cuda.config.
-EMU_CONFIG = {"block": 32, "reduce_threads": 32, "reduce_blocks": 5}
+EMU_CONFIG = {"block": 32, "reduce_threads": 32, "reduce_blocks": 5,
+              "gram_tile": 8, "gram_micro": 2, "gram_k": 4, "gram_blocks": 6}
 
 GUARD = 17  # elements of guard band on each side of every array argument
 ALIGN = 256  # bytes: where each array argument's data starts, as cudaMalloc's
