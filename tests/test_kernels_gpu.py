@@ -213,10 +213,16 @@ def test_adam_gpu(rng, shape):
     v = rng.uniform(0, 2, shape).astype(np.float32)
     g = (rng.standard_normal(shape) * 3).astype(np.float32)
     xg, mg, vg = cp.asarray(x), cp.asarray(m), cp.asarray(v)
+    corr = cp.zeros(3, np.float64)  # t and the bias corrections, on the device
     for t in (1, 2):  # the second step starts from the first's m, v
         xr, mr, vr = optim.adam_update_cpu(host(xg), host(mg), host(vg), g, 10.0, t)
         m0 = np.abs(host(mg)).max()
-        optim.adam_update_gpu_inplace(xg, mg, vg, cp.asarray(g), 10.0, t)
+        optim.adam_count_gpu(corr)
+        assert host(corr)[0] == t
+        # CUDA's pow against glibc's: the float32 corrections agree
+        assert np.float32(host(corr)[1]) == np.float32(1 / (1 - 0.9 ** t))
+        assert np.float32(host(corr)[2]) == np.float32(1 / (1 - 0.999 ** t))
+        optim.adam_update_gpu_inplace(xg, mg, vg, cp.asarray(g), 10.0, corr)
         # fused multiply-adds on the GPU: one rounding fewer than the reference
         assert_close(host(mg), mr, atol=2 * EPS32 * (m0 + np.abs(g).max()), rtol=0,
                      what=f"adam m, t={t}")
@@ -240,8 +246,9 @@ def test_dot_gpu(rng, shape):
 
 @pytest.mark.gpu
 def test_lbfgs_kernels_gpu(rng):
-    """The two loops from the kernels against lbfgs_direction_cpu, one pair
-    rejected by the pair kernel, gamma from the init kernel."""
+    """The ring kernels as DeviceLBFGS runs them: gamma from the init kernel on
+    the first step, then m pairs (one rejected by the pair kernel) around a ring
+    of m, and the two loops over every position against lbfgs_direction_cpu."""
     shape = (1, 37, 45, 3)
     g = rng.standard_normal(shape).astype(np.float32)
     x = rng.uniform(0, 255, shape).astype(np.float32)
@@ -250,37 +257,43 @@ def test_lbfgs_kernels_gpu(rng):
     sc = cp.zeros(2 * m + 4, np.float64)  # rho.., alpha.., gamma, sy, yy, dot
     rho, alpha = sc[:m], sc[m:2 * m]
     gamma, sy, yy, dot = (sc[2 * m + i:2 * m + i + 1] for i in range(4))
+    ring = cp.zeros(2, np.int32)
+    x_prev, g_prev, q = (cp.zeros(shape, np.float32) for _ in range(3))
+    from cpstyle.ops.update import centered_sqsum_gpu
+    work = make_update_work(g.size)
+    optim.lbfgs_advance_gpu(ring, m)
+    optim.lbfgs_init_gpu(gamma, centered_sqsum_gpu(cp.asarray(g), work), 10.0, g.size, ring)
+    assert float(gamma[0]) == pytest.approx(10.0 / (np.std(g.astype(np.float64)) + 1e-8),
+                                            rel=1e-9)
+    optim.lbfgs_diff_gpu(S, Y, x_prev, g_prev, q, cp.asarray(x), cp.asarray(g), ring)
+    assert not S.any(), "a pair on the first step"
     pairs = []
     for k in range(m):
         xn = (x + rng.standard_normal(shape)).astype(np.float32)
         gn = (g + (xn - x) * (1.0 if k != 1 else -1.0)).astype(np.float32)  # k = 1: s·y < 0
-        optim.lbfgs_diff_gpu(S[k], Y[k], cp.asarray(xn), cp.asarray(x), cp.asarray(gn),
-                             cp.asarray(g))
+        optim.lbfgs_advance_gpu(ring, m)
+        optim.lbfgs_diff_gpu(S, Y, x_prev, g_prev, q, cp.asarray(xn), cp.asarray(gn), ring)
         s_, y_ = xn - x, gn - g
         assert_close(host(S[k]), s_, atol=0, rtol=0, what="s")
-        optim.dot_gpu(S[k], Y[k], sy)
-        optim.dot_gpu(Y[k], Y[k], yy)
-        optim.lbfgs_pair_gpu(rho[k:k + 1], gamma, sy, yy)
+        optim.dot_gpu(S, Y, sy, ring=ring, ja=m - 1, jb=m - 1)
+        optim.dot_gpu(Y, Y, yy, ring=ring, ja=m - 1, jb=m - 1)
+        optim.lbfgs_pair_gpu(rho, gamma, sy, yy, ring)
         r_ref, gam_ref = optim.lbfgs_pair_cpu(s_, y_)
         assert float(rho[k]) == pytest.approx(r_ref, rel=1e-12, abs=0)
         pairs.append((s_, y_, r_ref))
+        x, g = xn, gn
     assert float(rho[1]) == 0.0 and float(gamma[0]) == pytest.approx(gam_ref, rel=1e-12)
     q = cp.asarray(g)
-    for k in reversed(range(m)):
-        optim.dot_gpu(S[k], q, dot)
-        optim.lbfgs_first_loop_gpu(q, alpha[k:k + 1], Y[k], rho[k:k + 1], dot)
+    for j in reversed(range(m)):
+        optim.dot_gpu(S, q, dot, ring=ring, ja=j)
+        optim.lbfgs_first_loop_gpu(q, alpha, Y, rho, dot, ring, j)
     optim.lbfgs_scale_gpu(q, gamma)
-    for k in range(m):
-        optim.dot_gpu(Y[k], q, dot)
-        optim.lbfgs_second_loop_gpu(q, S[k], rho[k:k + 1], alpha[k:k + 1], dot)
+    for j in range(m):
+        optim.dot_gpu(Y, q, dot, ring=ring, ja=j)
+        optim.lbfgs_second_loop_gpu(q, S, rho, alpha, dot, ring, j)
     ref = optim.lbfgs_direction_cpu(g, pairs, float(gamma[0]))
     scale = np.abs(ref).max()
     assert_close(host(q) / scale, ref / scale, atol=1e-5, rtol=0, what="two-loop direction")
-    work = make_update_work(g.size)
-    from cpstyle.ops.update import centered_sqsum_gpu
-    optim.lbfgs_init_gpu(gamma, centered_sqsum_gpu(cp.asarray(g), work), 10.0, g.size)
-    assert float(gamma[0]) == pytest.approx(10.0 / (np.std(g.astype(np.float64)) + 1e-8),
-                                            rel=1e-9)
     xg = cp.asarray(x)
     optim.descend_clip_gpu_inplace(xg, cp.asarray(g * 100))
     assert_close(host(xg), optim.descend_clip_cpu(x, g * 100), atol=0, rtol=0, what="descend")
