@@ -247,3 +247,47 @@ def test_iterations_allocate_nothing(rng, optimizer):
         cp.cuda.set_allocator(pool.malloc)
     assert pool.total_bytes() == total_before, "device memory grew during the iterations"
     assert allocs == [], f"{len(allocs)} allocations in 20 iterations, sizes {sorted(set(allocs))[:10]}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+@pytest.mark.parametrize("optimizer", ["gd", "adam", "lbfgs"])
+def test_replayed_graph_equals_uncaptured_run(rng, optimizer, precision):
+    """Issue 12 on the device: the igemm convolutions, capture=True. The run
+    captures its second iteration and replays it (no capture warning); images
+    and losses at every report are bitwise those of the uncaptured run, and the
+    replays enqueue fast (host time per iteration well under an uncaptured one)."""
+    import warnings
+    import cupy as cp
+    from cpstyle.optimizers import check_optimizer
+    _, gpu = models()
+    content, style = images(rng)
+    settings = check_optimizer(optimizer, 10.0, None, 3 if optimizer == "lbfgs" else None)
+    eng = make_engine(gpu, content, style, precision=precision, conv="igemm", capture=True,
+                      optimizer=settings)
+    x0 = initial_image(content.shape, 4)
+    seen = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for capture in (False, True):
+            eng.capture = capture
+            seen[capture] = []
+            out = eng.run(x0, 12, callback=seen[capture].append, callback_every=3)
+            seen[capture].append(out.get())
+    assert eng.graph is not None and [p.captured for p in seen[True][:-1]] == \
+        [False, True, True, True, True]
+    for pu, pc in zip(seen[False][:-1], seen[True][:-1]):
+        assert pu.losses == pc.losses, pu.iteration
+        assert np.array_equal(pu.image.get(), pc.image.get()), pu.iteration
+    assert np.array_equal(seen[False][-1], seen[True][-1])
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        eng.graph.launch()
+    host = (time.perf_counter() - t0) / 10
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        eng.iteration()
+    launches = (time.perf_counter() - t0) / 10
+    cp.cuda.Device().synchronize()
+    assert host < 0.25 * launches, (host, launches)
