@@ -46,6 +46,19 @@
 
 static_assert(GRAM_TILE % GRAM_MICRO == 0, "GRAM_MICRO must divide GRAM_TILE");
 
+// One staged step of both GEMMs: acc[u][v] += Σ_r a[r][ty + u·S]·b[r][tx + v·S], r ascending.
+__device__ __forceinline__ void micro_tile_step(float (&acc)[GRAM_MICRO][GRAM_MICRO],
+                                                const float (&a)[GRAM_K][GRAM_TILE],
+                                                const float (&b)[GRAM_K][GRAM_TILE], int tx, int ty) {
+    for (int r = 0; r < GRAM_K; r++) {
+        float av[GRAM_MICRO], bv[GRAM_MICRO];
+        for (int u = 0; u < GRAM_MICRO; u++) av[u] = a[r][ty + u * GRAM_SIDE];
+        for (int v = 0; v < GRAM_MICRO; v++) bv[v] = b[r][tx + v * GRAM_SIDE];
+        for (int u = 0; u < GRAM_MICRO; u++)
+            for (int v = 0; v < GRAM_MICRO; v++) acc[u][v] = fmaf(av[u], bv[v], acc[u][v]);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(GRAM_THREADS)
 gram_partial_kernel(float* partial, const float* f, int hw, int c, int chunk) {
     if (blockIdx.y > blockIdx.x) return;  // below the diagonal: mirrored in the reduce
@@ -67,13 +80,7 @@ gram_partial_kernel(float* partial, const float* f, int hw, int c, int chunk) {
             b[r][col] = row && j0 + col < c ? f[pp * c + j0 + col] : 0.0f;
         }
         __syncthreads();
-        for (int r = 0; r < GRAM_K; r++) {
-            float av[GRAM_MICRO], bv[GRAM_MICRO];
-            for (int u = 0; u < GRAM_MICRO; u++) av[u] = a[r][ty + u * GRAM_SIDE];
-            for (int v = 0; v < GRAM_MICRO; v++) bv[v] = b[r][tx + v * GRAM_SIDE];
-            for (int u = 0; u < GRAM_MICRO; u++)
-                for (int v = 0; v < GRAM_MICRO; v++) acc[u][v] = fmaf(av[u], bv[v], acc[u][v]);
-        }
+        micro_tile_step(acc, a, b, tx, ty);
         __syncthreads();
     }
     float* out = partial + (long long)blockIdx.z * c * c;
@@ -117,13 +124,7 @@ gram_backward_kernel(float* dh, const float* f, const float* dg, int hw, int c, 
             b[kr][col] = k0 + kr < c && j0 + col < c ? dg[(long long)(k0 + kr) * c + j0 + col] : 0.0f;
         }
         __syncthreads();
-        for (int r = 0; r < GRAM_K; r++) {
-            float av[GRAM_MICRO], bv[GRAM_MICRO];
-            for (int u = 0; u < GRAM_MICRO; u++) av[u] = a[r][ty + u * GRAM_SIDE];
-            for (int v = 0; v < GRAM_MICRO; v++) bv[v] = b[r][tx + v * GRAM_SIDE];
-            for (int u = 0; u < GRAM_MICRO; u++)
-                for (int v = 0; v < GRAM_MICRO; v++) acc[u][v] = fmaf(av[u], bv[v], acc[u][v]);
-        }
+        micro_tile_step(acc, a, b, tx, ty);
         __syncthreads();
     }
     for (int u = 0; u < GRAM_MICRO; u++) {
