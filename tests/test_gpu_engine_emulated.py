@@ -392,3 +392,29 @@ def test_capture_check_sees_a_host_counter(emulator, rng, monkeypatch):
             out[capture] = eng.run(x0, 4)
     assert eng.graph is not None
     assert not np.array_equal(out[True], out[False])
+
+
+def test_multiscale_captures_one_graph_per_scale(emulator, rng, monkeypatch):
+    """As the driver runs a multiscale job on the GPU: an engine per scale, the
+    image carried up; each scale captures its own graph (its sizes are baked
+    in), and the two scales replayed give bitwise the uncaptured result."""
+    import warnings
+    from cpstyle.driver import _resized, scale_sizes
+    model, _, style = _capture_setup(monkeypatch, rng, {})
+    content = rng.uniform(0, 255, (24, 26, 3)).astype(np.float32)
+    sizes = scale_sizes(content.shape, 16)
+    assert sizes == [(17, 18), (24, 26)]
+    out = {}
+    with emulator.installed(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for capture in (False, True):
+            x, graphs = cpstyle.driver.initial_image(sizes[0] + (3,), 2), []
+            for hw in sizes:
+                eng = GpuStyleTransfer(model, _resized(content, hw), style, [4], [0, 4], 1.5,
+                                       10.0, 0.3, conv="igemm", capture=capture)
+                x = eng.run(_resized(x, hw), 3)
+                graphs.append(eng.graph)
+            out[capture] = x
+    assert all(g is not None and g.replays == 2 for g in graphs)
+    assert graphs[0].launches[0][1] != graphs[1].launches[0][1]  # grids of their own size
+    np.testing.assert_array_equal(out[True], out[False])
