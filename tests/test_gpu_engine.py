@@ -291,3 +291,23 @@ def test_replayed_graph_equals_uncaptured_run(rng, optimizer, precision):
     launches = (time.perf_counter() - t0) / 10
     cp.cuda.Device().synchronize()
     assert host < 0.25 * launches, (host, launches)
+
+
+def test_capture_on_im2col_falls_back_or_replays_exactly(rng):
+    """The im2col convolutions call cupy.matmul, which CuPy 14.2 refuses inside
+    stream capture (cupy #6290): capture=True warns once and the run goes on
+    uncaptured, with the uncaptured run's image. (Should a CuPy capture it, the
+    graph must then replay exactly.)"""
+    import warnings
+    _, gpu = models()
+    content, style = images(rng)
+    eng = make_engine(gpu, content, style, conv="im2col", capture=False)
+    x0 = initial_image(content.shape, 4)
+    want = eng.run(x0, 4).get()
+    eng.capture = True
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        got = eng.run(x0, 4).get()
+    fell_back = [str(m.message) for m in w if "capture failed" in str(m.message)]
+    assert len(fell_back) == (0 if eng.graph is not None else 1), fell_back
+    assert np.array_equal(got, want)
