@@ -25,8 +25,8 @@ run and image size, so one per scale of a multiscale run. What capture would
 refuse, and the emulator's capture mode refuses too (tests/emulation/capture.py):
 allocation, host<->device copies and reads, CuPy elementwise ops, and cuBLAS
 (cupy.matmul: the im2col convolutions; capture='auto', the default, therefore
-captures only on the igemm ones). A failed capture runs on uncaptured with one
-warning line. Reference: cpstyle/objective.py,
+captures only on the igemm ones). A failed capture warns in one line and the run
+goes on with the uncaptured launches. Reference: cpstyle/objective.py,
 cpstyle/optimizers.py and cpstyle/driver.py (the NumPy path).
 Tests: tests/test_gpu_engine.py, tests/test_gpu_engine_emulated.py."""
 import contextlib
@@ -83,9 +83,9 @@ def check_conv(conv, precision):
 
 @contextlib.contextmanager
 def matmul_precision(precision, xp=None):
-    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage);
-    bf16 runs cuBLAS's products (the Grams) in TF32 too. A no-op for NumPy (the
-    emulated run of this engine)."""
+    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage):
+    the im2col convolutions' GEMMs (bf16 sets TF32 too). The Grams are
+    kernels/gram.cu, fp32 SIMT in every precision. A no-op for NumPy (the emulated run of this engine)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
     if xp is np:
@@ -221,9 +221,9 @@ class GpuStyleTransfer:
         self.style = []     # (id, target, G, dG, dF, norm, mse scale, grad k); dF: a view
                             # into the backward's ping-pong buffers (see _style_grad_view)
         from .ops.gram import gram_work_size
-        self.gram_work = cp.empty(max([gram_work_size(self.acts[i].shape[1] * self.acts[i].shape[2],
-                                                      self.acts[i].shape[3])
-                                       for i in self.style_ids] + [1]), f32)
+        gram_floats = [gram_work_size(a.shape[1] * a.shape[2], a.shape[3])
+                       for a in (self.acts[i] for i in self.style_ids)]
+        self.gram_work = cp.empty(max(gram_floats, default=1), f32)  # split-K partials, shared
         for i, b_l in zip(self.style_ids, ref.style_layer_weights):
             a = ref.style_targets[i]
             c = a.shape[-1]
