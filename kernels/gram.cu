@@ -22,7 +22,8 @@
 //       (j, i) run the same fmaf chain)
 //   gram_backward_kernel(float* dh, const float* f, const float* dg, int hw, int c,
 //                        int accumulate)
-//       grid (ceil(C/GRAM_TILE), ceil(HW/GRAM_TILE)):
+//       grid (ceil(HW/GRAM_TILE), ceil(C/GRAM_TILE)): pixel tiles on x, whose limit
+//       (2^31 - 1) an image's HW cannot reach, where y's 65535 would stop at 2048²:
 //       dh[p, j] = (accumulate ? dh[p, j] : 0) + Σ_i F[p, i]·dG[i, j]   (the product
 //       made whole, then added: F·dG, then dh + it, as two separate ops would)
 //
@@ -109,8 +110,8 @@ extern "C" __global__ void __launch_bounds__(GRAM_THREADS)
 gram_backward_kernel(float* dh, const float* f, const float* dg, int hw, int c, int accumulate) {
     __shared__ float a[GRAM_K][GRAM_TILE];  // F[p0 + row, k0 + r], transposed
     __shared__ float b[GRAM_K][GRAM_TILE];  // dG[k0 + r, j0 + col]
-    const long long p0 = (long long)blockIdx.y * GRAM_TILE;
-    const int j0 = blockIdx.x * GRAM_TILE;
+    const long long p0 = (long long)blockIdx.x * GRAM_TILE;
+    const int j0 = blockIdx.y * GRAM_TILE;
     const int tx = threadIdx.x % GRAM_SIDE, ty = threadIdx.x / GRAM_SIDE;
     float acc[GRAM_MICRO][GRAM_MICRO];
     for (int u = 0; u < GRAM_MICRO; u++)

@@ -160,7 +160,7 @@ def gram_backward_accumulate_gpu(dh, f, dg, accumulate=True):
     if dg.shape != (c, c) or dh.shape != (hw, c):
         raise ValueError(f"gram backward: dh {dh.shape}, F {f.shape}, dG {dg.shape}")
     tile = cuda.config["gram_tile"]
-    _launch("gram_backward_kernel", (cuda.ceil_div(c, tile), cuda.ceil_div(hw, tile)),
+    _launch("gram_backward_kernel", (cuda.ceil_div(hw, tile), cuda.ceil_div(c, tile)),
             (dh, f, dg, cuda.i32(hw), cuda.i32(c), cuda.i32(bool(accumulate))))
     return dh
 
