@@ -1,5 +1,6 @@
 """Merge a device check's pytest junit XMLs (the default convolutions, and
-CPSTYLE_CONV=igemm), the conv tuner's totals and the benchmark JSON into one
+CPSTYLE_CONV=igemm), the conv tuner's totals, the benchmark JSON and issue 12's
+capture measurement (bench/capture.py) into one
 results file <date>-<gpu>-<commit>.json, and print the short table
 (bench/device_check.sh)."""
 import argparse
@@ -75,6 +76,7 @@ def main(argv=None):
     p.add_argument("--tests-igemm", help="junit XML of the gpu tests with CPSTYLE_CONV=igemm")
     p.add_argument("--tune", help="bench/tune_conv.py's JSON")
     p.add_argument("--bench", required=True)
+    p.add_argument("--capture", help="bench/capture.py's JSON (issue 12)")
     p.add_argument("--out-dir", required=True)
     a = p.parse_args(argv)
     commit = os.environ.get("CPSTYLE_COMMIT", "unknown")
@@ -87,7 +89,10 @@ def main(argv=None):
     result = {"device": name, "commit": commit, "date": datetime.date.today().isoformat(),
               "versions": versions(), "tests": test_counts(a.tests),
               "tests_igemm": test_counts(a.tests_igemm) if a.tests_igemm else None,
-              "tune": tune_summary(a.tune), "bench": bench}
+              "tune": tune_summary(a.tune), "bench": bench, "capture": None}
+    if a.capture and os.path.exists(a.capture):
+        with open(a.capture) as f:
+            result["capture"] = json.load(f)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     path = os.path.join(a.out_dir, f"{result['date']}-{slug}-{commit[:8]}.json")
     with open(path, "w") as f:
@@ -130,6 +135,18 @@ def main(argv=None):
         print(f"targets_met: {bench.get('targets_met')}")
     else:
         print("bench: no results")
+    cap = result["capture"]
+    if cap:
+        for r in cap.get("engine", []):
+            host = r["host_us_per_replay"]
+            print(f"capture {r['case']} {r['precision']}: captured {r['captured_ms']:.3f}, uncaptured "
+                  f"{r['uncaptured_ms']:.3f} ({r['unit']}), host "
+                  f"{'-' if host is None else f'{host:.1f}'} us/replay (target <= 50), "
+                  f"bitwise {'ok' if r['bitwise'] else 'DIFFERS'}")
+        print(f"capture checks: {'passed' if cap.get('ok') else 'FAILED'}")
+        ok = ok and bool(cap.get("ok"))
+    elif a.capture:
+        print("bench.capture: no results")
     print(f"results: {path}")
     return 0 if ok else 1
 

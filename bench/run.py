@@ -372,14 +372,31 @@ def cpstyle_conv(precision, on_gpu):
     return check_conv(None, precision)
 
 
+def compares_capture(case):
+    """The cases issue 12's targets name (the tutorial's layers, fp32 and tf32) are
+    also timed uncaptured; the others only as the engine runs them."""
+    return case.layers == "tutorial" and case.precision in ("fp32", "tf32")
+
+
+def may_capture(conv):
+    """Can the engine capture its iterations here ($CPSTYLE_CAPTURE not 0, the
+    igemm convolutions)? An example run has no reports to ask (Progress.captured)."""
+    from cpstyle.gpu_engine import check_capture
+    return check_capture(None) is not False and conv == "igemm"
+
+
 def gpu_sync():
     import cupy
     cupy.cuda.runtime.deviceSynchronize()
 
 
-def cpstyle_run(model, case, content, style, init, num_iterations, dev, every=None):
-    """One style_transfer run; -> (image as numpy, [(iteration, t, losses)], honoured).
-    Timestamps are taken in the progress callback after a device synchronise."""
+def cpstyle_run(model, case, content, style, init, num_iterations, dev, every=None,
+                capture=None):
+    """One style_transfer run; -> (image as numpy, [(iteration, t, losses, captured)],
+    honoured). Timestamps are taken in the progress callback after a device
+    synchronise; `captured`: that report's iteration replayed a CUDA graph.
+    capture: None, the engine's default ($CPSTYLE_CAPTURE as set), or True/False
+    ($CPSTYLE_CAPTURE=1/0 for this run)."""
     import cpstyle
     from cpstyle.backend import to_host
     marks = []
@@ -387,7 +404,7 @@ def cpstyle_run(model, case, content, style, init, num_iterations, dev, every=No
     def cb(p):
         if dev == "gpu":
             gpu_sync()
-        marks.append((p.iteration, time.perf_counter(), dict(p.losses)))
+        marks.append((p.iteration, time.perf_counter(), dict(p.losses), p.captured))
 
     kw = dict(content_layer_ids=case.content_ids, style_layer_ids=case.style_ids,
               weight_content=1.5, weight_style=10.0, weight_denoise=0.3,
@@ -400,7 +417,16 @@ def cpstyle_run(model, case, content, style, init, num_iterations, dev, every=No
         return None, [], False
     if every is not None:
         kw.update(callback=cb, callback_every=every)
-    out = cpstyle.style_transfer(content, style, **kw)
+    saved = os.environ.get("CPSTYLE_CAPTURE")
+    if capture is not None:
+        os.environ["CPSTYLE_CAPTURE"] = "1" if capture else "0"
+    try:
+        out = cpstyle.style_transfer(content, style, **kw)
+    finally:
+        if saved is None:
+            os.environ.pop("CPSTYLE_CAPTURE", None)
+        else:
+            os.environ["CPSTYLE_CAPTURE"] = saved
     if dev == "gpu":
         gpu_sync()
     return to_host(out), marks, honoured
@@ -411,8 +437,7 @@ def block_times(marks, block, skip_first):
     between consecutive progress marks, the first `skip_first` dropped. Stretches
     of another length (the last report, which evaluates the final image once
     more on the GPU path) are not counted."""
-    out = [(t1 - t0) * 1e3 / block for (i0, t0, _), (i1, t1, _) in zip(marks, marks[1:])
-           if i1 - i0 == block]
+    out = [(b[1] - a[1]) * 1e3 / block for a, b in zip(marks, marks[1:]) if b[0] - a[0] == block]
     return out[skip_first:]
 
 
@@ -567,7 +592,7 @@ def run_case(case, model, tside, dev, opts, images_src, peaks):
     rec["check"] = check_case(case, model, tside, content, style, init, dev, opts.check_iterations)
     if not rec["check"]["ok"]:
         return rec
-    cp_s, t_s = [], []
+    cp_s, t_s, uncaptured = [], [], []
     mem = {}
     gpu = dev == "gpu"
     if case.kind == "iter":
@@ -590,6 +615,12 @@ def run_case(case, model, tside, dev, opts, images_src, peaks):
                 t_s += tside.time_iterations(case, content, style, init, n, block)
                 if gpu:
                     mem["torch"] = max(mem.get("torch", 0), tside.peak())
+        if gpu:  # did the timed runs replay a graph? Then (issue 12's cases) one round
+            rec["captured"] = any(len(m) > 3 and m[3] for m in marks)  # without, for the ratio
+            if rec["captured"] and compares_capture(case):
+                _, marks, _ = cpstyle_run(model, case, content, style, init, block + n + 1, dev,
+                                          every=block, capture=False)
+                uncaptured = block_times(marks, block, 1)
         unit = "ms_per_iteration"
     else:
         if gpu:  # warm-up: kernel compilation, buffers, cuDNN autotuning
@@ -602,6 +633,10 @@ def run_case(case, model, tside, dev, opts, images_src, peaks):
             cp_s.append((time.perf_counter() - t0) * 1e3)
             if tside is not None:
                 t_s.append(tside.wall(case, content, style, init) * 1e3)
+        if gpu and may_capture(rec["conv"]) and compares_capture(case):  # uncaptured, once
+            t0 = time.perf_counter()
+            cpstyle_run(model, case, content, style, init, case.num_iterations, dev, capture=False)
+            uncaptured = [(time.perf_counter() - t0) * 1e3]
         unit = "ms_per_run"
     for side, samples in (("cpstyle", cp_s), ("torch", t_s)):
         if not samples:
@@ -616,6 +651,9 @@ def run_case(case, model, tside, dev, opts, images_src, peaks):
             d["ms_per_iteration_incl_setup"] = med / case.num_iterations
         rec[side] = d
     rec["cpstyle"]["precision_honoured"] = rec["check"]["precision_honoured"]
+    if uncaptured:  # captured (as timed above) against uncaptured, same case, same process
+        rec["cpstyle"][f"uncaptured_{unit}"] = statistics.median(uncaptured)
+        rec["capture_speedup"] = rec["cpstyle"][f"uncaptured_{unit}"] / rec["cpstyle"][unit]
     if rec.get("torch"):
         rec["ratio"] = rec["cpstyle"][unit] / rec["torch"][unit]
     return rec
@@ -646,6 +684,18 @@ def summarise(records, on_gpu, quick=False):
         val = r["cpstyle"]["ms_per_run"] / 1e3 if r and r.get("cpstyle") else None
         targets.append({"what": "example-fp32 cpstyle wall seconds (60 iterations, after weights load)",
                         "limit": 1.0, "value": val, "met": val is not None and val < 1.0})
+        # issue 12 (one CUDA graph per iteration)
+        for p in ("fp32", "tf32"):
+            ratio_target(f"256-tutorial-{p}", 0.7)
+        targets.append({"what": "example-fp32 cpstyle wall seconds, issue 12", "limit": 0.15,
+                        "value": val, "met": val is not None and val <= 0.15})
+        for n in (512, 1024):
+            for p in ("fp32", "tf32"):
+                r = by.get(f"{n}-tutorial-{p}")
+                val = 1 / r["capture_speedup"] if r and r.get("capture_speedup") else None
+                targets.append({"what": f"{n}-tutorial-{p} captured/uncaptured ms per iteration "
+                                        f"(no regression; 2% noise)", "limit": 1.02,
+                                "value": val, "met": val is not None and val <= 1.02})
     else:
         for n in (256, 512):
             for ls in LAYER_SETS:
@@ -671,6 +721,8 @@ def fmt_line(dev, r):
         line = f"{head} | example {r['style_size'][0]}x{r['style_size'][1]} style, 60 it | " \
                f"cpstyle {cp['ms_per_run'] / 1e3:.3f} s | "
         line += f"torch {tt['ms_per_run'] / 1e3:.3f} s | ratio {r['ratio']:.2f}" if tt else "torch - | ratio -"
+        if cp.get("uncaptured_ms_per_run") is not None:
+            line += f" | uncaptured {cp['uncaptured_ms_per_run'] / 1e3:.3f} s"
         return line
     chk = r["check"]
     if "displacement_cos" in chk:
@@ -686,6 +738,10 @@ def fmt_line(dev, r):
                 f" | {100 * cp['frac_mem_floor']:.0f}% mem floor"
     if cp.get("peak_memory_bytes") is not None:
         line += f" | mem {gib(cp['peak_memory_bytes'])} / {gib(tt and tt.get('peak_memory_bytes'))}"
+    if "captured" in r:
+        line += " | graph" if r["captured"] else " | no graph"
+    if cp.get("uncaptured_ms_per_iteration") is not None:
+        line += f" | uncaptured {cp['uncaptured_ms_per_iteration']:.3f} ms"
     return line
 
 

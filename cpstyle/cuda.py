@@ -12,7 +12,9 @@ must be numpy.int32, `float` numpy.float32 (CuPy checks none of this).
 Launch sizes that the `_gpu` wrappers use live in `config` here; the CPU
 emulation (tests/emulation) installs itself with `set_emulator` and shrinks
 them, so the emulated tests run the very wrappers the GPU runs.
-Importing this module needs no CuPy. Tests: tests/test_kernels_*.py."""
+`capture(fn, xp)` records fn()'s launches as a CUDA graph (or, for NumPy arrays,
+in the emulator's capture mode). Importing this module needs no CuPy.
+Tests: tests/test_kernels_*.py, tests/test_gpu_engine_emulated.py."""
 import os
 import re
 
@@ -39,6 +41,9 @@ config = {
     "block": 256,           # threads per block, element-wise kernels
     "reduce_threads": 256,  # threads per block of the reductions (power of two)
     "reduce_blocks": 256,   # fixed grid of the first reduction stage = partials
+    # kernels/gram.cu (ops/gram.py): output tile edge, micro-tile edge, staged
+    # rows, and about how many blocks the split-K forward aims for
+    "gram_tile": 64, "gram_micro": 4, "gram_k": 16, "gram_blocks": 528,
 }
 
 
@@ -282,6 +287,36 @@ def check_args(kernel, args):
             raise TypeError(f"{kernel.name}: parameter {p!r} needs numpy.{p.dtype.name} "
                             f"(use i32()/f32()), got {type(a).__name__} {a!r}")
     return bool(host)
+
+
+class CaptureError(RuntimeError):
+    """Something that CUDA-graph capture refuses, met inside a captured region."""
+
+
+def capture(fn, xp):
+    """fn()'s launches recorded as a graph (nothing runs) -> an object whose
+    .launch() replays them on the current stream. CuPy: stream capture on a
+    side stream in global mode (so a stray cudaMalloc or synchronous copy
+    fails the capture rather than baking a pointer in); NumPy arrays: the
+    installed emulator's capture mode (tests/emulation/capture.py), which also
+    refuses what the GPU would. Raises on any failure, the capture ended."""
+    if xp is np:
+        if _emulator is None or not hasattr(_emulator, "capture"):
+            raise CaptureError("capture of NumPy arrays needs the kernel emulator installed")
+        return _emulator.capture(fn)
+    import cupy
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture(cupy.cuda.runtime.streamCaptureModeGlobal)
+        try:
+            fn()
+        except BaseException:
+            try:
+                stream.end_capture()
+            except Exception:
+                pass  # the capture was invalidated by what failed: that error is the news
+            raise
+        return stream.end_capture()
 
 
 def launch(kernel, grid, block, args):

@@ -3,28 +3,40 @@ allocated once and every scalar kept on the GPU.
 
 Per iteration, all on one stream, no host synchronisation:
 
-    h = preprocess(x); taps = conv/pool stack (max or avg)    (kernels + cuBLAS)
+    h = preprocess(x); taps = conv/pool stack (max or avg)    (kernels; im2col: + cuBLAS)
     losses[0] = Σ_l a_l·mean((F_l−P_l)²),  losses[1] = Σ_l b_l·mean((G_l−A_l)²),
     losses[2] = TV(x)                                         (two-stage reductions)
     adj = 1/(losses+1e-10),  coef = weights·adj               (device scalars;
                                         constant weights: adj = 1, coef = weights)
     dF_l = coef[0]·2a_l(F_l−P_l)/numel ;  dG_l = coef[1]·2b_l(G_l−A_l)/C²
-    dF_l += 2·F_l·dG_l                                         (G, A symmetric)
+    dF_l += 2·F_l·dG_l           (G, A symmetric; G and F·dG: kernels/gram.cu)
     grad = backward(dF) + coef[2]·∂TV/∂x
     x = step(x, grad)      gd: clip(x − grad·step/(std(grad)+1e-8), 0, 255) (std on
                            device); adam, lbfgs: cpstyle/optimizers.py's device classes
 
 a_l, b_l: per-layer weights (sum 1); A_l: the (blended) style targets. The host
-reads losses only at progress callbacks. Reference: cpstyle/objective.py,
+reads losses only at progress callbacks.
+
+Capture (DESIGN.md §6): every op of iteration() is a cpstyle.cuda.launch of one of
+our kernels on fixed buffers, with arguments that never change from one iteration
+to the next (the optimisers' counters live on the device), so run() captures one
+iteration into a CUDA graph and replays it (cpstyle.cuda.capture): one graph per
+run and image size, so one per scale of a multiscale run. What capture would
+refuse, and the emulator's capture mode refuses too (tests/emulation/capture.py):
+allocation, host<->device copies and reads, CuPy elementwise ops, and cuBLAS
+(cupy.matmul: the im2col convolutions; capture='auto', the default, therefore
+captures only on the igemm ones). A failed capture warns in one line and the run
+goes on with the uncaptured launches. Reference: cpstyle/objective.py,
 cpstyle/optimizers.py and cpstyle/driver.py (the NumPy path).
 Tests: tests/test_gpu_engine.py, tests/test_gpu_engine_emulated.py."""
 import contextlib
 import os
 import time
+import warnings
 
 import numpy as np
 
-from . import layers
+from . import cuda, layers
 from .backend import to_host
 from .objective import StyleObjective, gram_norm_factor
 from .optimizers import Settings, check_optimizer, make_device_optimizer
@@ -36,6 +48,22 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 # The default stays im2col until a GPU run shows igemm correct and faster; bf16
 # exists only in igemm. CPSTYLE_CONV sets the default for a process.
 CONVS = ("im2col", "igemm")
+
+
+def check_capture(capture):
+    """capture (None: $CPSTYLE_CAPTURE '1'/'0' if set, else 'auto') -> True, False or
+    'auto' (capture where every op of the iteration is known to capture: the
+    igemm convolutions everywhere; CuPy's cuBLAS, which the im2col ones call,
+    raises inside capture)."""
+    explicit = capture is not None
+    if capture is None:
+        env = os.environ.get("CPSTYLE_CAPTURE") or "auto"
+        capture = {"1": True, "0": False}.get(env, env)
+    if not (capture is True or capture is False or (isinstance(capture, str) and capture == "auto")):
+        where = "capture" if explicit else "CPSTYLE_CAPTURE"
+        raise ValueError(f"{where} must be True, False or 'auto' ('1', '0' in the environment), "
+                         f"got {capture!r}")
+    return capture
 
 
 def check_conv(conv, precision):
@@ -55,9 +83,9 @@ def check_conv(conv, precision):
 
 @contextlib.contextmanager
 def matmul_precision(precision, xp=None):
-    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage);
-    bf16 runs cuBLAS's products (the Grams) in TF32 too. A no-op for NumPy (the
-    emulated run of this engine)."""
+    """TF32 tensor cores for float32 cupy.matmul inside the block (fp32 storage):
+    the im2col convolutions' GEMMs (bf16 sets TF32 too). The Grams are
+    kernels/gram.cu, fp32 SIMT in every precision. A no-op for NumPy (the emulated run of this engine)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
     if xp is np:
@@ -78,10 +106,11 @@ class GpuStyleTransfer:
                  weight_content, weight_style, weight_denoise, gram_norm="none",
                  precision="fp32", content_layer_weights=None, style_layer_weights=None,
                  style_blend_weights=None, constant_weights=False, optimizer="gd",
-                 step_size=10.0, conv=None):
+                 step_size=10.0, conv=None, capture=None):
         """`optimizer`: a name ('gd', 'adam', 'lbfgs'; default settings) or the
         Settings of cpstyle.optimizers.check_optimizer. `style`: one image or a
-        list (blended with style_blend_weights). `conv`: CONVS (check_conv)."""
+        list (blended with style_blend_weights). `conv`: CONVS (check_conv).
+        `capture`: replay one CUDA graph per iteration (check_capture)."""
         # A CPU model runs this same engine with NumPy arrays through the kernel
         # emulator (tests/emulation): the CI check of the on-device driver.
         cp = model.xp
@@ -93,6 +122,7 @@ class GpuStyleTransfer:
             check_optimizer(optimizer, step_size)
         self.precision = precision
         self.conv = check_conv(conv, precision)
+        self.capture = check_capture(capture)
         self.cp, self.model = cp, model
         with matmul_precision(precision, cp):
             # Targets once, through the reference path on the device.
@@ -190,6 +220,10 @@ class GpuStyleTransfer:
             self.content.append((i, p, cp.empty_like(p), a_l / p.size, 2.0 * a_l / p.size))
         self.style = []     # (id, target, G, dG, dF, norm, mse scale, grad k); dF: a view
                             # into the backward's ping-pong buffers (see _style_grad_view)
+        from .ops.gram import gram_work_size
+        gram_floats = [gram_work_size(a.shape[1] * a.shape[2], a.shape[3])
+                       for a in (self.acts[i] for i in self.style_ids)]
+        self.gram_work = cp.empty(max(gram_floats, default=1), f32)  # split-K partials, shared
         for i, b_l in zip(self.style_ids, ref.style_layer_weights):
             a = ref.style_targets[i]
             c = a.shape[-1]
@@ -236,7 +270,7 @@ class GpuStyleTransfer:
         """losses, adj, coef and grad at the current x; enqueues kernels only."""
         from .ops.conv import conv_backward_gpu, conv_forward_gpu
         from .ops.conv_igemm import conv_backward_igemm, conv_forward_igemm
-        from .ops.gram import gram_forward_gpu
+        from .ops.gram import gram_backward_accumulate_gpu, gram_forward_gpu
         from .ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
                                denoise_sum_gpu, mse_sum_gpu, scaled_diff_gpu)
         from .ops.pool import (avgpool_backward_gpu, avgpool_forward_gpu,
@@ -269,16 +303,14 @@ class GpuStyleTransfer:
             mse_sum_gpu(self.acts[i], p, self.losses[0:1], scale, accumulate=k > 0,
                         partial=self.partial)
         for k, (i, a, g, _, _, norm, scale, _) in enumerate(self.style):
-            gram_forward_gpu(self.acts[i], norm, out=g)
+            gram_forward_gpu(self.acts[i], norm, out=g, work=self.gram_work)
             mse_sum_gpu(g, a, self.losses[1:2], scale, accumulate=k > 0, partial=self.partial)
         denoise_sum_gpu(self.x, self.losses[2:3], partial=self.partial)
         if not self.constant_weights:
             adj_weights_gpu(self.losses, self.weights, adj=self.adj, coef=self.coef)
         self._mark("losses")
-        # tap gradients, scaled by the adj weights before one backward pass
-        dtaps = {}
-        for i, p, d, _, k in self.content:
-            dtaps[i] = scaled_diff_gpu(self.acts[i], p, self.coef[0:1], k, out=d)
+        # tap gradients, scaled by the adj weights, added in during one backward pass
+        content = {i: (p, d, k) for i, p, d, _, k in self.content}
         style_dg = {}
         for i, a, g, dg, df, norm, _, k in self.style:
             # dL/dF = norm·F·(dG + dGᵀ) = 2·norm·F·dG: G and A are symmetric;
@@ -294,20 +326,18 @@ class GpuStyleTransfer:
                     dh = maxpool_backward_gpu(dh, (self.argmax[i], self.acts[i].shape),
                                               out=self.gact[i])
                 self._mark(f"pool backward {i}")
-            if i in dtaps:
-                if dh is None:
-                    dh = dtaps[i]
-                else:
-                    dh += dtaps[i]
+            if i in content:  # into dh where there is one (a kernel, not `dh +=`)
+                p, d, k = content[i]
+                dh = scaled_diff_gpu(self.acts[i], p, self.coef[0:1], k,
+                                     out=d if dh is None else dh, accumulate=dh is not None)
             if i in style_dg:
                 dg, df = style_dg[i]
                 f = self.acts[i].reshape(-1, dg.shape[-1])
-                cp.matmul(f, dg[0], out=df.reshape(f.shape))
-                self._mark(f"gram backward {i}")
                 if dh is None:
                     dh = df
-                else:
-                    dh += df
+                gram_backward_accumulate_gpu(dh.reshape(f.shape), f, dg[0],
+                                             accumulate=dh is not df)
+                self._mark(f"gram backward {i}")
             if self.igemm[i][1]:
                 dh = conv_backward_igemm(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
                                          out=self.gin[i], precision=self.precision,
@@ -331,13 +361,17 @@ class GpuStyleTransfer:
             report=None):
         """x0 (H, W, 3) -> the image after num_iterations steps (a fresh (H, W, 3)
         array). The optimiser's state starts afresh. `report`: extra Progress
-        fields (the multiscale driver's scale and size)."""
+        fields (the multiscale driver's scale and size). With capture, the first
+        iteration runs as launches (every kernel compiled and loaded), the second
+        is captured into a graph and every later one replays it."""
         cp = self.cp
         self.optimizer.reset()
         if step_size is not None and hasattr(self.optimizer, "step_size"):
             self.optimizer.step_size = float(step_size)
         self._extra = dict(report or {})
         self.x[...] = cp.asarray(x0, dtype=np.float32)[None]
+        self.graph = None
+        want = self.wants_capture()
         t0 = time.perf_counter()
         it = 0
         with matmul_precision(self.precision, cp):
@@ -346,7 +380,13 @@ class GpuStyleTransfer:
                     report = callback is not None and it % callback_every == 0
                     if report:
                         self.prev_x[...] = self.x  # device-to-device, no sync
-                    self.iteration()               # losses/adj: those of x before the step
+                    if self.graph is None and want and it > 0:
+                        want = False
+                        self.graph = self._capture()
+                    if self.graph is not None:
+                        self.graph.launch()
+                    else:
+                        self.iteration()           # losses/adj: those of x before the step
                     if report:
                         self._report(callback, it, num_iterations, t0, self.prev_x[0])
                     it += 1
@@ -357,10 +397,29 @@ class GpuStyleTransfer:
                 raise Interrupted(to_host(self.x[0]), it) from None
         return self.x[0].copy()
 
+    def wants_capture(self):
+        """Will run() capture? capture=True: yes; 'auto': where every conv is
+        igemm (and no per-stage marks are wanted: they are events between launches)."""
+        if self.marks is not None or self.capture is False:
+            return False
+        return self.capture is True or all(f and b for f, b in self.igemm)
+
+    def _capture(self):
+        """One iteration as a graph (cpstyle.cuda.capture; nothing runs), or None
+        with one warning line where capture fails: the run goes on uncaptured."""
+        try:
+            return cuda.capture(self.iteration, self.cp)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            warnings.warn(f"CUDA-graph capture failed, running uncaptured: "
+                          f"{type(e).__name__}: {msg}", RuntimeWarning, stacklevel=3)
+            return None
+
     def _report(self, callback, it, n, t0, image):
         losses = to_host(self.losses)  # the one sync point
         adj = to_host(self.adj)
         callback(Progress(it, n, dict(zip(LOSS_NAMES, map(float, losses))),
                           dict(zip(LOSS_NAMES, map(float, adj))), image.copy(),
                           time.perf_counter() - t0, objective=self.ref.potential(losses),
+                          captured=getattr(self, "graph", None) is not None and it < n,
                           **getattr(self, "_extra", {})))

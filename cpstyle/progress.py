@@ -19,6 +19,7 @@ class Progress:
     scale: int = 0            # multiscale: 0-based index of the scale ...
     num_scales: int = 1       # ... of this many
     size: tuple = None        # (H, W) of this scale's image
+    captured: bool = False    # GPU engine: this iteration replayed a captured CUDA graph
 
 
 class Interrupted(KeyboardInterrupt):

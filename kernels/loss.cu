@@ -22,8 +22,9 @@
 //                      const float* weights, int n)
 //       adj[i] = 1/(losses[i] + 1e-10f), coef[i] = weights[i]·adj[i]
 //   scaled_diff_kernel(float* out, const float* a, const float* b, const float* coef,
-//                      float k, int n)
-//       out = k·coef[0]·(a - b)     (content-MSE tap gradient, Gram-loss dG)
+//                      float k, int accumulate, int n)
+//       out = (accumulate ? out : 0) + k·coef[0]·(a - b)   (content-MSE tap gradient,
+//       added into the backward's dh where one is there; Gram-loss dG)
 //   tv_grad_accumulate_kernel(float* g, const float* x, const float* coef,
 //                             int N, int H, int W, int C)
 //       g += coef[0] · ∂TV/∂x,  ∂TV/∂x[i,j] = sign(x[i,j]-x[i-1,j]) - sign(x[i+1,j]-x[i,j])
@@ -78,10 +79,11 @@ extern "C" __global__ void adj_weights_kernel(float* adj, float* coef, const flo
 }
 
 extern "C" __global__ void scaled_diff_kernel(float* out, const float* a, const float* b, const float* coef,
-                                              float k, int n) {
+                                              float k, int accumulate, int n) {
     long long i = global_index();
     if (i >= n) return;
-    out[i] = (k * coef[0]) * (a[i] - b[i]);
+    float v = (k * coef[0]) * (a[i] - b[i]);
+    out[i] = accumulate ? out[i] + v : v;
 }
 
 __device__ __forceinline__ float sign_of(float v) {

@@ -193,6 +193,32 @@ def test_gpu_record_has_conv_memory_and_floors(monkeypatch, precision):
     assert br.fmt_line("gpu", rec).startswith(f"gpu | 32x32 tutorial {precision} | check ")
 
 
+def test_gpu_record_times_captured_against_uncaptured(monkeypatch):
+    """Where the timed runs replayed a graph (Progress.captured in the marks), one
+    more round runs with CPSTYLE_CAPTURE=0: the record and the line carry both."""
+    monkeypatch.setattr(br, "cupy_pool", lambda: FakePool())
+    monkeypatch.setattr(br, "check_case", lambda *a, **k: {
+        "ok": True, "precision_honoured": True, "loss_max_rel_err": 1e-3,
+        "displacement_cos": 0.999})
+    calls = []
+
+    def fake_run(model, case, content, style, init, n, dev, every=None, capture=None):
+        calls.append(capture)
+        ms = 3e-3 if capture is False else 1e-3  # uncaptured: 3 ms an iteration
+        marks = [(i, i * ms, {}, capture is None and i > 0) for i in range(0, n, every)]
+        return None, marks + [(n, n * ms, {}, False)], True
+    monkeypatch.setattr(br, "cpstyle_run", fake_run)
+    case = br.Case("32-tutorial-fp32", "iter", (32, 32), "tutorial", "fp32")
+    opts = argparse.Namespace(check_iterations=1, rounds=2, iterations=20)
+    peaks, _, _ = br.peaks_for("NVIDIA H200")
+    rec = br.run_case(case, None, FakeTorchSide(), "gpu", opts, "random", peaks)
+    assert calls == [None, None, False]
+    assert rec["captured"] and rec["cpstyle"]["uncaptured_ms_per_iteration"] == pytest.approx(3.0)
+    assert rec["capture_speedup"] == pytest.approx(3.0)
+    line = br.fmt_line("gpu", rec)
+    assert line.endswith("| graph | uncaptured 3.000 ms"), line
+
+
 def test_torch_reference_bf16_on_the_cpu():
     """TorchObjective(bf16=True): the forward under autocast (bf16 taps), fp32 losses
     and gradient, within the bench's bf16 tolerance of fp32 after one step."""
@@ -218,3 +244,15 @@ def test_torch_reference_bf16_on_the_cpu():
     cos = da @ db / (np.linalg.norm(da) * np.linalg.norm(db))
     assert 0 < worst < tol["loss_rtol"], worst
     assert tol["min_cos"] < cos < 1, cos
+
+
+def test_bench_capture_gram_shapes_and_no_gpu(monkeypatch):
+    """bench.capture's Gram table covers each distinct (HW, C) of the tutorial's
+    style layers once; without a GPU it stops with a one-line reason."""
+    from bench import capture
+    assert capture.gram_cases([256]) == [(65536, 64), (16384, 128), (4096, 256), (1024, 512),
+                                         (256, 512)]
+    assert len(capture.gram_cases([256, 512])) == 9  # (1024, 512) is in both sizes: once
+    monkeypatch.setattr("cpstyle.backend.gpu_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        capture.main([])

@@ -247,3 +247,67 @@ def test_iterations_allocate_nothing(rng, optimizer):
         cp.cuda.set_allocator(pool.malloc)
     assert pool.total_bytes() == total_before, "device memory grew during the iterations"
     assert allocs == [], f"{len(allocs)} allocations in 20 iterations, sizes {sorted(set(allocs))[:10]}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+@pytest.mark.parametrize("optimizer", ["gd", "adam", "lbfgs"])
+def test_replayed_graph_equals_uncaptured_run(rng, optimizer, precision):
+    """Issue 12 on the device: the igemm convolutions, capture=True. The run
+    captures its second iteration and replays it (no capture warning); images
+    and losses at every report are bitwise those of the uncaptured run, and the
+    replays enqueue fast (host time per iteration well under an uncaptured one)."""
+    import warnings
+    import cupy as cp
+    from cpstyle.optimizers import check_optimizer
+    _, gpu = models()
+    content, style = images(rng)
+    settings = check_optimizer(optimizer, 10.0, None, 3 if optimizer == "lbfgs" else None)
+    eng = make_engine(gpu, content, style, precision=precision, conv="igemm", capture=True,
+                      optimizer=settings)
+    x0 = initial_image(content.shape, 4)
+    seen = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for capture in (False, True):
+            eng.capture = capture
+            seen[capture] = []
+            out = eng.run(x0, 12, callback=seen[capture].append, callback_every=3)
+            seen[capture].append(out.get())
+    assert eng.graph is not None and [p.captured for p in seen[True][:-1]] == \
+        [False, True, True, True, False]  # reports at 0, 3, 6, 9 and the final 12
+    for pu, pc in zip(seen[False][:-1], seen[True][:-1]):
+        assert pu.losses == pc.losses, pu.iteration
+        assert np.array_equal(pu.image.get(), pc.image.get()), pu.iteration
+    assert np.array_equal(seen[False][-1], seen[True][-1])
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        eng.graph.launch()
+    host = (time.perf_counter() - t0) / 10
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        eng.iteration()
+    launches = (time.perf_counter() - t0) / 10
+    cp.cuda.Device().synchronize()
+    assert host < 0.25 * launches, (host, launches)
+
+
+def test_capture_on_im2col_falls_back_or_replays_exactly(rng):
+    """The im2col convolutions call cupy.matmul, which CuPy 14.2 refuses inside
+    stream capture (cupy #6290): capture=True warns once and the run goes on
+    uncaptured, with the uncaptured run's image. (Should a CuPy capture it, the
+    graph must then replay exactly.)"""
+    import warnings
+    _, gpu = models()
+    content, style = images(rng)
+    eng = make_engine(gpu, content, style, conv="im2col", capture=False)
+    x0 = initial_image(content.shape, 4)
+    want = eng.run(x0, 4).get()
+    eng.capture = True
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        got = eng.run(x0, 4).get()
+    fell_back = [str(m.message) for m in w if "capture failed" in str(m.message)]
+    assert len(fell_back) == (0 if eng.graph is not None else 1), fell_back
+    assert np.array_equal(got, want)

@@ -30,3 +30,17 @@ def test_gram_forward_split_over_threads(split, rng, monkeypatch):
     g, _ = gram_forward_cpu(x)
     f = x.reshape(2, -1, 6)
     assert_close(g, np.einsum("npc,npd->ncd", f, f), 1e-12, 1e-12, "gram")
+
+
+def test_gram_gpu_grids_fit_cuda_limits(monkeypatch):
+    """At 4096² (HW = 16.8 M) the backward's pixel tiles go on grid x (y and z
+    stop at 65535) and the forward's slices stay few; launches recorded, not run."""
+    from cpstyle import cuda
+    from cpstyle.ops import gram
+    grids = []
+    monkeypatch.setattr(cuda, "launch", lambda k, grid, block, args: grids.append(cuda._dim3(grid)))
+    hw, c = 4096 * 4096, 64
+    big = np.broadcast_to(np.float32(0), (hw, c))  # shapes only: no 4 GB
+    gram.gram_backward_accumulate_gpu(big, big, np.zeros((c, c), np.float32))
+    assert grids == [(hw // cuda.config["gram_tile"], 1, 1)]
+    assert gram.gram_splits(hw, c) <= cuda.config["gram_blocks"] <= 65535

@@ -24,7 +24,7 @@ from cpstyle.ops.gram import (gram_backward_cpu, gram_backward_gpu, gram_forward
 from cpstyle.ops.loss import (adj_weights_gpu, denoise_backward_accumulate_gpu,
                               denoise_backward_cpu, denoise_forward_cpu, denoise_sum_gpu,
                               mse_backward_cpu, mse_forward_cpu, mse_sum_gpu, scaled_diff_gpu)
-from cpstyle.ops import conv, optim
+from cpstyle.ops import conv, gram, optim
 from cpstyle.ops.pool import (avgpool_backward_cpu, avgpool_backward_gpu, avgpool_forward_cpu,
                               avgpool_forward_gpu, maxpool_backward_cpu, maxpool_backward_gpu,
                               maxpool_forward_cpu, maxpool_forward_gpu)
@@ -296,6 +296,9 @@ def test_scaled_diff(emu, rng, shape):
     out = scaled_diff_gpu(a, b, coef[1:2], 2.0 / a.size, out=nan_like(shape))
     # = mse_backward_cpu(a, b, dout=coef): same product, (k·coef) rounded once more
     assert_close(out, mse_backward_cpu(a, b, coef[1]), atol=0, rtol=4 * EPS32, what="scaled diff")
+    dh = rng.standard_normal(shape).astype(np.float32)
+    acc = scaled_diff_gpu(a, b, coef[1:2], 2.0 / a.size, out=dh.copy(), accumulate=True)
+    assert_close(acc, dh + out, atol=0, rtol=0, what="dh + scaled diff")
 
 
 @covers("tv_grad_accumulate_kernel")
@@ -334,17 +337,24 @@ def test_update(emu, rng, shape):
 OPT_SHAPES = [(1,), (7,), (1, 7, 5, 3), (1, 33, 17, 3)]  # 1 .. 1683 elements
 
 
-@covers("adam_kernel")
+@covers("adam_kernel", "adam_count_kernel")
 @pytest.mark.parametrize("shape", OPT_SHAPES)
 def test_adam(emu, rng, shape):
+    """t counted on the device: steps 1..7 on one corr buffer, the same x, m, v,
+    g each time, against the reference at that t."""
     x = rng.uniform(0, 255, shape).astype(np.float32)
     m = rng.standard_normal(shape).astype(np.float32)
     v = rng.uniform(0, 2, shape).astype(np.float32)
     g = (rng.standard_normal(shape) * 3).astype(np.float32)
-    for t in (1, 7):
+    corr = np.zeros(3)
+    for t in range(1, 8):
+        optim.adam_count_gpu(corr)
+        assert corr[0] == t and corr[1] == 1 / (1 - 0.9 ** t) and corr[2] == 1 / (1 - 0.999 ** t)
+        if t not in (1, 7):
+            continue
         xr, mr, vr = optim.adam_update_cpu(x, m, v, g, 10.0, t)
         xe, me, ve = x.copy(), m.copy(), v.copy()
-        optim.adam_update_gpu_inplace(xe, me, ve, g, 10.0, t)
+        optim.adam_update_gpu_inplace(xe, me, ve, g, 10.0, corr)
         # β1·m + (1−β1)·g may cancel: the error is ulps of the terms, not of m
         assert_close(me, mr, atol=2 * EPS32 * (np.abs(m).max() + np.abs(g).max()), rtol=0,
                      what=f"adam m, t={t}")
@@ -365,35 +375,69 @@ def test_dot(emu, rng, shape):
     assert np.isnan(out[0]) and np.isnan(out[2]), "wrote outside its slot"
     optim.dot_gpu(a, a, out[0:1])  # the same array twice: y·y
     assert_close(out[0], optim.dot64(a, a), atol=1e-12, rtol=1e-12, what="dot a·a")
+    # ring positions: slot (head + j) % m of a 3-ring, head 2
+    S = rng.standard_normal((3,) + shape).astype(np.float32)
+    ring = np.array([5, 2], np.int32)
+    for ja, jb in ((0, -1), (2, -1), (1, 1)):
+        optim.dot_gpu(S, b if jb < 0 else S, out[2:3], ring=ring, ja=ja, jb=jb)
+        sa = S[(2 + ja) % 3]
+        want = optim.dot64(sa, b if jb < 0 else S[(2 + jb) % 3])
+        assert_close(out[2], want, atol=1e-12, rtol=1e-12, what=f"ring dot {ja}, {jb}")
 
 
-@covers("lbfgs_diff_kernel", "lbfgs_pair_kernel", "lbfgs_init_kernel")
-def test_lbfgs_pair_and_init(emu, rng):
-    shape = (1, 7, 5, 3)
-    x, xp_, g, gp = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
-    s, y = nan_like(shape), nan_like(shape)
-    optim.lbfgs_diff_gpu(s, y, x, xp_, g, gp)
-    assert_close(s, x - xp_, atol=0, rtol=0, what="s")
-    assert_close(y, g - gp, atol=0, rtol=0, what="y")
-    sc = np.full(4, np.nan)  # rho, gamma, sy, yy
-    for sy, yy in ((3.0, 4.0), (1e-11, 2.0), (-5.0, 1.0), (np.nan, 1.0)):
-        sc[:] = [np.nan, 0.5, sy, yy]
-        optim.lbfgs_pair_gpu(sc[0:1], sc[1:2], sc[2:3], sc[3:4])
-        if sy > optim.CURVATURE_EPS:
-            assert sc[0] == 1 / sy and sc[1] == sy / yy
-        else:
-            assert sc[0] == 0.0 and sc[1] == 0.5, (sy, sc)  # rejected: gamma kept
-    sc[1] = 100.0  # sqsum
-    optim.lbfgs_init_gpu(sc[0:1], sc[1:2], 10.0, 25)
-    assert sc[0] == pytest.approx(10.0 / (2.0 + 1e-8), rel=1e-15)
+@covers("lbfgs_diff_kernel", "lbfgs_pair_kernel", "lbfgs_init_kernel", "lbfgs_advance_kernel")
+def test_lbfgs_ring_pair_and_init(emu, rng):
+    """The ring's state on the device: the first step sets gamma and stores no
+    pair; later steps store the pair in the slot after the last, around the ring."""
+    shape, m = (1, 7, 5, 3), 3
+    S, Y = np.zeros((m,) + shape, np.float32), np.zeros((m,) + shape, np.float32)
+    ring = np.zeros(2, np.int32)
+    xp_, gp, q = (nan_like(shape) for _ in range(3))
+    sc = np.full(4, np.nan)  # gamma, sy, yy, sqsum
+    rho = np.full(m, 7.0)
+    sc[3] = 100.0
+    for step in range(1, 6):
+        x, g = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+        oldx, oldg = xp_.copy(), gp.copy()
+        optim.lbfgs_advance_gpu(ring, m)
+        assert list(ring) == [step, (step - 1) % m if step > 1 else 0], (step, ring)
+        sc[0] = 0.5
+        optim.lbfgs_init_gpu(sc[0:1], sc[3:4], 10.0, 25, ring)
+        assert sc[0] == (pytest.approx(10.0 / (2.0 + 1e-8), rel=1e-15) if step == 1 else 0.5)
+        before = S.copy()
+        optim.lbfgs_diff_gpu(S, Y, xp_, gp, q, x, g, ring)
+        assert np.array_equal(xp_, x) and np.array_equal(gp, g) and np.array_equal(q, g)
+        k = (ring[1] + m - 1) % m
+        if step == 1:
+            assert np.array_equal(S, before), "the first step stored a pair"
+            continue
+        assert_close(S[k], x - oldx, atol=0, rtol=0, what="s")
+        assert_close(Y[k], g - oldg, atol=0, rtol=0, what="y")
+        others = [i for i in range(m) if i != k]
+        assert np.array_equal(S[others], before[others])
+        for sy, yy in ((3.0, 4.0), (1e-11, 2.0), (-5.0, 1.0), (np.nan, 1.0)):
+            sc[:3] = [0.5, sy, yy]
+            rho[:] = 7.0
+            optim.lbfgs_pair_gpu(rho, sc[0:1], sc[1:2], sc[2:3], ring)
+            assert (rho[others] == 7.0).all()
+            if sy > optim.CURVATURE_EPS:
+                assert rho[k] == 1 / sy and sc[0] == sy / yy
+            else:
+                assert rho[k] == 0.0 and sc[0] == 0.5, (sy, sc)  # rejected: gamma kept
+    ring[:] = [1, 0]
+    rho[:] = 7.0
+    optim.lbfgs_pair_gpu(rho, sc[0:1], sc[1:2], sc[2:3], ring)
+    assert (rho == 7.0).all(), "a pair on the first step"
 
 
 @covers("lbfgs_first_loop_kernel", "lbfgs_scale_kernel", "lbfgs_second_loop_kernel",
         "dot_partial_kernel", "reduce_partials_kernel")
-@pytest.mark.parametrize("shape,npairs", [((1, 7, 5, 3), 1), ((1, 33, 17, 3), 3)])
-def test_lbfgs_two_loop(emu, rng, shape, npairs):
-    """The two loops built from the kernels, as cpstyle/optimizers.py runs them,
-    against lbfgs_direction_cpu; one pair has rho = 0 (rejected)."""
+@pytest.mark.parametrize("shape,npairs,m,head", [((1, 7, 5, 3), 1, 3, 1), ((1, 33, 17, 3), 3, 3, 2),
+                                                 ((1, 7, 5, 3), 2, 4, 2)])
+def test_lbfgs_two_loop(emu, rng, shape, npairs, m, head):
+    """The two loops over every ring position, as cpstyle/optimizers.py runs
+    them, against lbfgs_direction_cpu; one pair has rho = 0 (rejected); slots
+    not written (zeros, rho 0) add nothing."""
     g = rng.standard_normal(shape).astype(np.float32)
     pairs = []
     for k in range(npairs):
@@ -403,18 +447,21 @@ def test_lbfgs_two_loop(emu, rng, shape, npairs):
         pairs.append((s, y, rho))
     gamma = 0.7
     ref = optim.lbfgs_direction_cpu(g, pairs, gamma)
-    sc = np.zeros(2 * max(npairs, 1) + 2)  # rho.., alpha.., gamma, dot
-    rho, alpha = sc[:npairs], sc[npairs:2 * npairs]
-    rho[:] = [p[2] for p in pairs]
-    sc[-2] = gamma
+    S, Y = np.zeros((m,) + shape, np.float32), np.zeros((m,) + shape, np.float32)
+    rho, alpha = np.zeros(m), np.full(m, np.nan)
+    ring = np.array([9, head], np.int32)
+    for j, (s, y, r) in zip(range(m - npairs, m), pairs):  # the newest positions
+        k = (head + j) % m
+        S[k], Y[k], rho[k] = s, y, r
+    sc = np.array([gamma, np.nan])  # gamma, dot
     q = g.copy()
-    for k in reversed(range(npairs)):
-        optim.dot_gpu(pairs[k][0], q, sc[-1:])
-        optim.lbfgs_first_loop_gpu(q, alpha[k:k + 1], pairs[k][1], rho[k:k + 1], sc[-1:])
-    optim.lbfgs_scale_gpu(q, sc[-2:-1])
-    for k in range(npairs):
-        optim.dot_gpu(pairs[k][1], q, sc[-1:])
-        optim.lbfgs_second_loop_gpu(q, pairs[k][0], rho[k:k + 1], alpha[k:k + 1], sc[-1:])
+    for j in reversed(range(m)):
+        optim.dot_gpu(S, q, sc[1:], ring=ring, ja=j)
+        optim.lbfgs_first_loop_gpu(q, alpha, Y, rho, sc[1:], ring, j)
+    optim.lbfgs_scale_gpu(q, sc[:1])
+    for j in range(m):
+        optim.dot_gpu(Y, q, sc[1:], ring=ring, ja=j)
+        optim.lbfgs_second_loop_gpu(q, S, rho, alpha, sc[1:], ring, j)
     scale = np.abs(ref).max()
     assert_close(q / scale, ref / scale, atol=1e-5, rtol=0, what="two-loop direction")
 
@@ -437,15 +484,65 @@ def test_descend_clip(emu, rng, shape):
     assert_close(out, optim.descend_clip_cpu(x, d), atol=0, rtol=0, what="descend + clip")
 
 
-# ---- gram (the backend's matmul: no kernel, but the wrappers' plumbing) ------------
+# ---- gram (kernels/gram.cu) ------------------------------------------------------
+# Emulated tiles are 8 wide (2x2 micro-tiles, 4 staged rows): C of 1, 7, 8, 9, 17 and
+# HW of 1 .. 37 put every tile edge, partial tiles and partial staging steps in play.
 
-@pytest.mark.parametrize("shape,norm", [((1, 3, 7, 5), 1.0), ((1, 33, 3, 7), 1 / 99)])
+GRAM_SHAPES = [((1, 1, 1, 1), 1.0), ((1, 3, 7, 5), 1.0), ((2, 5, 4, 8), 0.5),
+               ((1, 33, 1, 9), 1 / 99), ((1, 4, 9, 17), 1.0), ((1, 2, 3, 16), 2.0)]
+
+
+def gram_ref64(f3):
+    return np.einsum("npi,npj->nij", f3.astype(np.float64), f3.astype(np.float64))
+
+
+@covers("gram_partial_kernel", "gram_reduce_kernel")
+@pytest.mark.parametrize("blocks", [1, 6, 1000], ids=["one slice", "some", "most"])
+@pytest.mark.parametrize("shape,norm", GRAM_SHAPES, ids=str)
+def test_gram_forward(emu, rng, shape, norm, blocks):
+    """G = norm·FᵀF against float64, for one slice of the HW sum, a few and as
+    many as the rows allow; exactly symmetric; the work buffer's slices only."""
+    cuda.config["gram_blocks"] = blocks  # the emu fixture restores the config
+    n, h, w, c = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    splits = gram.gram_splits(h * w, c)
+    if blocks == 1:
+        assert splits == 1
+    work = nan_like(gram.gram_work_size(h * w, c) + 5)
+    g, cache = gram_forward_gpu(x, norm, out=nan_like((n, c, c)), work=work)
+    ref = gram_ref64(x.reshape(n, h * w, c)) * norm
+    bound = 2 * h * w * EPS32 * np.abs(x).max() ** 2 * norm
+    assert_close(g, ref, atol=bound, rtol=EPS32, what=f"gram forward ({splits} slices)")
+    assert np.array_equal(g, g.transpose(0, 2, 1)), "G not exactly symmetric"
+    assert np.isnan(work[splits * c * c:]).all(), "wrote past its slices"
+    gr, _ = gram_forward_cpu(x, norm)
+    assert_close(g, gr, atol=bound, rtol=4 * EPS32, what="gram forward vs gram_forward_cpu")
+    assert cache[0].shape == (n, h * w, c) and cache[2] == norm
+
+
+@covers("gram_backward_kernel")
+@pytest.mark.parametrize("hw,c", [(1, 1), (7, 7), (8, 8), (9, 9), (33, 17), (16, 3), (37, 16)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gram_backward_accumulate(emu, rng, hw, c, accumulate):
+    f = rng.standard_normal((hw, c)).astype(np.float32)
+    dg = rng.standard_normal((c, c)).astype(np.float32)
+    dh0 = rng.standard_normal((hw, c)).astype(np.float32)
+    dh = dh0.copy() if accumulate else nan_like((hw, c))
+    gram.gram_backward_accumulate_gpu(dh, f, dg, accumulate)
+    ref = f.astype(np.float64) @ dg.astype(np.float64) + (dh0 if accumulate else 0)
+    bound = 2 * c * EPS32 * np.abs(f).max() * np.abs(dg).max() + (4 * EPS32 if accumulate else 0)
+    assert_close(dh, ref, atol=bound, rtol=2 * EPS32, what=f"F·dG (accumulate={accumulate})")
+
+
+@covers("gram_partial_kernel", "gram_reduce_kernel", "gram_backward_kernel")
+@pytest.mark.parametrize("shape,norm", [((1, 3, 7, 5), 1.0), ((2, 33, 3, 9), 1 / 99)])
 def test_gram_wrappers(emu, rng, shape, norm):
+    """The dispatchers' GPU functions (made buffers) against the reference."""
     x = rng.standard_normal(shape).astype(np.float32)
     n, h, w, c = shape
-    g, cache = gram_forward_gpu(x, norm, out=nan_like((n, c, c)))
+    g, cache = gram_forward_gpu(x, norm)
     gr, cache_r = gram_forward_cpu(x, norm)
-    assert_close(g, gr, atol=1e-6, rtol=1e-5, what="gram forward")
+    assert_close(g, gr, atol=1e-5, rtol=1e-5, what="gram forward")
     dg = rng.standard_normal((n, c, c)).astype(np.float32)
     dx = gram_backward_gpu(dg, cache, out=nan_like(shape), sym=nan_like((n, c, c)))
     assert_close(dx, gram_backward_cpu(dg, cache_r), atol=1e-5, rtol=1e-5, what="gram backward")

@@ -213,10 +213,16 @@ def test_adam_gpu(rng, shape):
     v = rng.uniform(0, 2, shape).astype(np.float32)
     g = (rng.standard_normal(shape) * 3).astype(np.float32)
     xg, mg, vg = cp.asarray(x), cp.asarray(m), cp.asarray(v)
+    corr = cp.zeros(3, np.float64)  # t and the bias corrections, on the device
     for t in (1, 2):  # the second step starts from the first's m, v
         xr, mr, vr = optim.adam_update_cpu(host(xg), host(mg), host(vg), g, 10.0, t)
         m0 = np.abs(host(mg)).max()
-        optim.adam_update_gpu_inplace(xg, mg, vg, cp.asarray(g), 10.0, t)
+        optim.adam_count_gpu(corr)
+        assert host(corr)[0] == t
+        # CUDA's pow against glibc's: the float32 corrections agree
+        assert np.float32(host(corr)[1]) == np.float32(1 / (1 - 0.9 ** t))
+        assert np.float32(host(corr)[2]) == np.float32(1 / (1 - 0.999 ** t))
+        optim.adam_update_gpu_inplace(xg, mg, vg, cp.asarray(g), 10.0, corr)
         # fused multiply-adds on the GPU: one rounding fewer than the reference
         assert_close(host(mg), mr, atol=2 * EPS32 * (m0 + np.abs(g).max()), rtol=0,
                      what=f"adam m, t={t}")
@@ -240,8 +246,9 @@ def test_dot_gpu(rng, shape):
 
 @pytest.mark.gpu
 def test_lbfgs_kernels_gpu(rng):
-    """The two loops from the kernels against lbfgs_direction_cpu, one pair
-    rejected by the pair kernel, gamma from the init kernel."""
+    """The ring kernels as DeviceLBFGS runs them: gamma from the init kernel on
+    the first step, then m pairs (one rejected by the pair kernel) around a ring
+    of m, and the two loops over every position against lbfgs_direction_cpu."""
     shape = (1, 37, 45, 3)
     g = rng.standard_normal(shape).astype(np.float32)
     x = rng.uniform(0, 255, shape).astype(np.float32)
@@ -250,37 +257,43 @@ def test_lbfgs_kernels_gpu(rng):
     sc = cp.zeros(2 * m + 4, np.float64)  # rho.., alpha.., gamma, sy, yy, dot
     rho, alpha = sc[:m], sc[m:2 * m]
     gamma, sy, yy, dot = (sc[2 * m + i:2 * m + i + 1] for i in range(4))
+    ring = cp.zeros(2, np.int32)
+    x_prev, g_prev, q = (cp.zeros(shape, np.float32) for _ in range(3))
+    from cpstyle.ops.update import centered_sqsum_gpu
+    work = make_update_work(g.size)
+    optim.lbfgs_advance_gpu(ring, m)
+    optim.lbfgs_init_gpu(gamma, centered_sqsum_gpu(cp.asarray(g), work), 10.0, g.size, ring)
+    assert float(gamma[0]) == pytest.approx(10.0 / (np.std(g.astype(np.float64)) + 1e-8),
+                                            rel=1e-9)
+    optim.lbfgs_diff_gpu(S, Y, x_prev, g_prev, q, cp.asarray(x), cp.asarray(g), ring)
+    assert not S.any(), "a pair on the first step"
     pairs = []
     for k in range(m):
         xn = (x + rng.standard_normal(shape)).astype(np.float32)
         gn = (g + (xn - x) * (1.0 if k != 1 else -1.0)).astype(np.float32)  # k = 1: s·y < 0
-        optim.lbfgs_diff_gpu(S[k], Y[k], cp.asarray(xn), cp.asarray(x), cp.asarray(gn),
-                             cp.asarray(g))
+        optim.lbfgs_advance_gpu(ring, m)
+        optim.lbfgs_diff_gpu(S, Y, x_prev, g_prev, q, cp.asarray(xn), cp.asarray(gn), ring)
         s_, y_ = xn - x, gn - g
         assert_close(host(S[k]), s_, atol=0, rtol=0, what="s")
-        optim.dot_gpu(S[k], Y[k], sy)
-        optim.dot_gpu(Y[k], Y[k], yy)
-        optim.lbfgs_pair_gpu(rho[k:k + 1], gamma, sy, yy)
+        optim.dot_gpu(S, Y, sy, ring=ring, ja=m - 1, jb=m - 1)
+        optim.dot_gpu(Y, Y, yy, ring=ring, ja=m - 1, jb=m - 1)
+        optim.lbfgs_pair_gpu(rho, gamma, sy, yy, ring)
         r_ref, gam_ref = optim.lbfgs_pair_cpu(s_, y_)
         assert float(rho[k]) == pytest.approx(r_ref, rel=1e-12, abs=0)
         pairs.append((s_, y_, r_ref))
+        x, g = xn, gn
     assert float(rho[1]) == 0.0 and float(gamma[0]) == pytest.approx(gam_ref, rel=1e-12)
     q = cp.asarray(g)
-    for k in reversed(range(m)):
-        optim.dot_gpu(S[k], q, dot)
-        optim.lbfgs_first_loop_gpu(q, alpha[k:k + 1], Y[k], rho[k:k + 1], dot)
+    for j in reversed(range(m)):
+        optim.dot_gpu(S, q, dot, ring=ring, ja=j)
+        optim.lbfgs_first_loop_gpu(q, alpha, Y, rho, dot, ring, j)
     optim.lbfgs_scale_gpu(q, gamma)
-    for k in range(m):
-        optim.dot_gpu(Y[k], q, dot)
-        optim.lbfgs_second_loop_gpu(q, S[k], rho[k:k + 1], alpha[k:k + 1], dot)
+    for j in range(m):
+        optim.dot_gpu(Y, q, dot, ring=ring, ja=j)
+        optim.lbfgs_second_loop_gpu(q, S, rho, alpha, dot, ring, j)
     ref = optim.lbfgs_direction_cpu(g, pairs, float(gamma[0]))
     scale = np.abs(ref).max()
     assert_close(host(q) / scale, ref / scale, atol=1e-5, rtol=0, what="two-loop direction")
-    work = make_update_work(g.size)
-    from cpstyle.ops.update import centered_sqsum_gpu
-    optim.lbfgs_init_gpu(gamma, centered_sqsum_gpu(cp.asarray(g), work), 10.0, g.size)
-    assert float(gamma[0]) == pytest.approx(10.0 / (np.std(g.astype(np.float64)) + 1e-8),
-                                            rel=1e-9)
     xg = cp.asarray(x)
     optim.descend_clip_gpu_inplace(xg, cp.asarray(g * 100))
     assert_close(host(xg), optim.descend_clip_cpu(x, g * 100), atol=0, rtol=0, what="descend")
@@ -381,25 +394,38 @@ def test_update_gpu(rng, shape):
     assert np.array_equal(host(again), host(xg)), "update is not deterministic"
 
 
-# ---- gram (cupy.matmul) -----------------------------------------------------------
+# ---- gram (kernels/gram.cu) ----------------------------------------------------------
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape,norm", [((1, 3, 7, 5), 1.0), ((1, 33, 17, 64), 1 / 561),
-                                        ((2, 9, 11, 3), 1.0)])
+                                        ((2, 9, 11, 3), 1.0), ((1, 31, 33, 129), 1.0),
+                                        ((1, 16, 16, 512), 1 / 256)])
 def test_gram_gpu(rng, shape, norm):
+    """Our kernels at the GPU's tiles (64 wide): partial tiles, split K, and the
+    backward; deterministic; G exactly symmetric."""
     x = rng.standard_normal(shape).astype(np.float32)
     n, h, w, c = shape
     out = poison((n, c, c))
-    g, cache = gram_forward_gpu(cp.asarray(x), norm, out=out)
+    work = cp.full(gram.gram_work_size(h * w, c), np.nan, np.float32)
+    g, cache = gram_forward_gpu(cp.asarray(x), norm, out=out, work=work)
     assert g is out
     gr, cache_r = gram_forward_cpu(x, norm)
     k = h * w
     m = np.abs(x).max()
     assert_close(host(g), gr, atol=2 * k * EPS32 * m * m * norm, rtol=EPS32, what="gram forward")
+    assert np.array_equal(host(g), host(g).transpose(0, 2, 1)), "G not exactly symmetric"
+    again, _ = gram_forward_gpu(cp.asarray(x), norm, work=work)
+    assert np.array_equal(host(again), host(g)), "gram forward is not deterministic"
     dg = rng.standard_normal((n, c, c)).astype(np.float32)
     dx = gram_backward_gpu(cp.asarray(dg), cache, out=poison(shape), sym=poison((n, c, c)))
     atol = 2 * c * EPS32 * m * 2 * np.abs(dg).max() * c * norm
     assert_close(host(dx), gram_backward_cpu(dg, cache_r), atol=atol, rtol=1e-6, what="gram backward")
+    dh0 = rng.standard_normal((h * w, c)).astype(np.float32)
+    dh = gram.gram_backward_accumulate_gpu(cp.asarray(dh0), cp.asarray(x[0].reshape(-1, c)),
+                                           cp.asarray(dg[0]))
+    ref = x[0].reshape(-1, c).astype(np.float64) @ dg[0] + dh0
+    acc_tol = 2 * c * c * EPS32 * m * np.abs(dg).max() + 8 * EPS32 * np.abs(dh0).max()  # no norm
+    assert_close(host(dh), ref, atol=acc_tol, rtol=1e-6, what="dh + F·dG")
 
 
 # ---- dispatchers: CuPy float32 goes to the kernels, the answer matches the reference -----

@@ -20,7 +20,8 @@ MODULES = cuda.kernel_names()
 DEFINE_SETS = {
     "defaults": None,
     "gpu": {"REDUCE_THREADS": 256, "REDUCE_BLOCKS": 256},
-    "emulation": {"REDUCE_THREADS": 32, "REDUCE_BLOCKS": 5},
+    "emulation": {"REDUCE_THREADS": 32, "REDUCE_BLOCKS": 5,
+                  "GRAM_TILE": 8, "GRAM_MICRO": 2, "GRAM_K": 4},
 }
 ARCHES = {
     "compute_80": ["--gpu-architecture=compute_80"],

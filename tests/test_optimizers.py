@@ -134,9 +134,9 @@ def test_device_optimizers_match_reference_emulated(name, rng):
     with Emulator().installed():
         dev = run_both(name, np, rng)
         if name == "lbfgs":  # 5 pairs through a ring of 2: wrapped twice
-            assert dev.count == 2 and dev.steps == 6
+            assert list(dev.ring) == [6, 1]  # [steps, head]: 5 pairs, head 5 % 2
             dev.reset()
-            assert dev.count == 0 and not dev.scalars.any()
+            assert not dev.ring.any() and not dev.scalars.any() and not dev.S.any()
 
 
 # ---- the effect: L-BFGS against gd, same number of evaluations -------------------

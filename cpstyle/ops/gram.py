@@ -4,8 +4,12 @@
 
 Backward: dL/dF = norm · F·(dG + dGᵀ). G is symmetric, and so is every dG our
 losses produce, but the general form is kept so the op is right on its own.
-Kernels: the GEMMs go through the backend's matmul; the loss epilogue is in
-kernels/loss.cu. Tests: tests/test_gram.py."""
+On the GPU the products are our kernels (kernels/gram.cu): the forward splits the
+long HW sum over blocks into a fixed partial buffer (splits, C, C) and adds the
+slices in a fixed order (deterministic, no atomics); the backward is a tiled
+F·dG that can add into the gradient already there. No cuBLAS, so CUDA-graph
+capture takes both (DESIGN.md §6); the loss epilogue is in kernels/loss.cu.
+Tests: tests/test_gram.py, tests/test_kernels_emulated.py, tests/test_kernels_gpu.py."""
 import numpy as np
 
 from ..backend import get_array_module
@@ -96,27 +100,74 @@ def lazy_gram_backward(dg, cache, extra=None):
     return d if extra is None else d + extra
 
 
-# ---- GPU path: the backend's matmul (no kernel of our own) ------------------
+# ---- GPU path: kernels/gram.cu (our GEMMs: no cuBLAS, so a graph can capture them) ----
 from .. import cuda  # noqa: E402
 from ..backend import is_gpu_array  # noqa: E402
 
 
-def gram_forward_gpu(x, norm=1.0, out=None):
-    """x (N, H, W, C) float32 -> G (N, C, C) = Fᵀ·F·norm, cache (F, x.shape, norm)."""
+def gram_defines():
+    """The tile defines of kernels/gram.cu, from cpstyle.cuda.config."""
+    return {"GRAM_TILE": cuda.config["gram_tile"], "GRAM_MICRO": cuda.config["gram_micro"],
+            "GRAM_K": cuda.config["gram_k"]}
+
+
+def _launch(name, grid, args):
+    d = gram_defines()
+    cuda.launch(cuda.get_kernel("gram", name, d), grid, (d["GRAM_TILE"] // d["GRAM_MICRO"]) ** 2,
+                args)
+
+
+def gram_splits(hw, c):
+    """How many slices of the HW rows the forward sums separately: enough blocks
+    (about config["gram_blocks"], counting the tiles on and above the diagonal)
+    to fill the GPU, each slice at least two staging steps long."""
+    t = cuda.ceil_div(c, cuda.config["gram_tile"])
+    want = cuda.ceil_div(cuda.config["gram_blocks"], t * (t + 1) // 2)
+    return max(1, min(want, cuda.ceil_div(hw, 2 * cuda.config["gram_k"])))
+
+
+def gram_work_size(hw, c):
+    """Floats of the forward's partial buffer for one (HW, C) image."""
+    return gram_splits(hw, c) * c * c
+
+
+def gram_forward_gpu(x, norm=1.0, out=None, work=None):
+    """x (N, H, W, C) float32 -> G (N, C, C) = Fᵀ·F·norm, cache (F, x.shape, norm).
+    `work`: a float32 buffer of at least gram_work_size(H·W, C) (made when None)."""
     xp = get_array_module(x)
     n, h, w, c = x.shape
-    f = x.reshape(n, h * w, c)
+    hw = h * w
+    f = x.reshape(n, hw, c)
     g = cuda.out_array(xp, out, (n, c, c))
-    for k in range(n):  # 2-D GEMMs: the transpose goes to cuBLAS as a flag, no copy
-        xp.matmul(f[k].T, f[k], out=g[k])
-    if norm != 1.0:
-        g *= np.float32(norm)
+    splits = gram_splits(hw, c)
+    part = cuda.work_view(xp, work, (splits, c, c), what="gram work")
+    chunk = cuda.ceil_div(hw, splits)
+    t = cuda.ceil_div(c, cuda.config["gram_tile"])
+    blk = cuda.config["block"]
+    for k in range(n):  # G_k = F_kᵀ·F_k, K = HW split into `splits` slices, then summed
+        _launch("gram_partial_kernel", (t, t, splits),
+                (part, f[k], cuda.i32(hw), cuda.i32(c), cuda.i32(chunk)))
+        cuda.launch(cuda.get_kernel("gram", "gram_reduce_kernel", gram_defines()),
+                    cuda.ceil_div(c * c, blk), blk,
+                    (g[k], part, cuda.f32(norm), cuda.i32(c), cuda.i32(splits)))
     return g, (f, tuple(x.shape), norm)
+
+
+def gram_backward_accumulate_gpu(dh, f, dg, accumulate=True):
+    """dh (HW, C) = (accumulate ? dh : 0) + F·dG; F (HW, C), dG (C, C) float32.
+    The engine's style term: dL/dF = 2·norm·F·dG with 2·norm already in dG."""
+    hw, c = f.shape
+    if dg.shape != (c, c) or dh.shape != (hw, c):
+        raise ValueError(f"gram backward: dh {dh.shape}, F {f.shape}, dG {dg.shape}")
+    tile = cuda.config["gram_tile"]
+    _launch("gram_backward_kernel", (cuda.ceil_div(hw, tile), cuda.ceil_div(c, tile)),
+            (dh, f, dg, cuda.i32(hw), cuda.i32(c), cuda.i32(bool(accumulate))))
+    return dh
 
 
 def gram_backward_gpu(dg, cache, out=None, sym=None):
     """dG (N, C, C) -> dx (N, H, W, C) = norm·F·(dG + dGᵀ). `sym`: (N, C, C)
-    float32 work buffer for dG + dGᵀ."""
+    float32 work buffer for norm·(dG + dGᵀ)."""
     xp = get_array_module(dg)
     f, shape, norm = cache
     n, hw, c = f.shape
@@ -124,12 +175,12 @@ def gram_backward_gpu(dg, cache, out=None, sym=None):
         raise ValueError(f"gram backward: dG {dg.shape} for F {f.shape}")
     sym = cuda.work_view(xp, sym, (n, c, c), what="sym")
     xp.add(dg, dg.transpose(0, 2, 1), out=sym)
+    if norm != 1.0:
+        sym *= np.float32(norm)
     dx = cuda.out_array(xp, out, shape)
     dx3 = dx.reshape(n, hw, c)
     for k in range(n):
-        xp.matmul(f[k], sym[k], out=dx3[k])
-    if norm != 1.0:
-        dx *= np.float32(norm)
+        gram_backward_accumulate_gpu(dx3[k], f[k], sym[k], accumulate=False)
     return dx
 
 

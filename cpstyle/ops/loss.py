@@ -142,9 +142,9 @@ def adj_weights_gpu(losses, weights, adj=None, coef=None):
     return adj, coef
 
 
-def scaled_diff_gpu(a, b, coef, k, out=None):
-    """out = k·coef[0]·(a - b). mse_backward_cpu(a, b, dout) is k = 2/a.size,
-    coef[0] = dout; the style loss's dG has a = G, b = A."""
+def scaled_diff_gpu(a, b, coef, k, out=None, accumulate=False):
+    """out = k·coef[0]·(a - b) (added into `out` with accumulate). mse_backward_cpu(a,
+    b, dout) is k = 2/a.size, coef[0] = dout; the style loss's dG has a = G, b = A."""
     xp = get_array_module(a)
     if a.shape != b.shape:
         raise ValueError(f"scaled diff: shapes {a.shape} and {b.shape} differ")
@@ -152,7 +152,7 @@ def scaled_diff_gpu(a, b, coef, k, out=None):
     out = cuda.out_array(xp, out, a.shape)
     blk = cuda.config["block"]
     cuda.launch(_kernel("scaled_diff_kernel"), cuda.ceil_div(a.size, blk), blk,
-                (out, a, b, coef, cuda.f32(k), cuda.i32(a.size)))
+                (out, a, b, coef, cuda.f32(k), cuda.i32(bool(accumulate)), cuda.i32(a.size)))
     return out
 
 

@@ -74,8 +74,10 @@ def descend_clip_cpu(x, d):
 
 
 # ---- GPU path: kernels/optim.cu ---------------------------------------------
-# Scalars are 1-element float64 device views (e.g. `scalars[2:3]`); nothing here
-# reads one back to the host.
+# Scalars are 1-element float64 device views (e.g. `scalars[2:3]`); counters (Adam's
+# t, L-BFGS's ring position) are device arrays too: nothing here reads one back to
+# the host, and no launch argument changes from one step to the next, so a captured
+# graph of a step replays for every step.
 from .. import cuda  # noqa: E402
 
 
@@ -105,54 +107,84 @@ def _slot(a, what):
     return a
 
 
-def adam_update_gpu_inplace(x, m, v, g, lr, t, beta1=0.9, beta2=0.999, eps=1e-8):
-    """adam_update_cpu in place on x, m, v (float32); returns x."""
+def _ring(ring):
+    if ring.size != 2 or ring.dtype != np.int32 or not ring.flags.c_contiguous:
+        raise ValueError(f"lbfgs ring: need a 2-element int32 device array, got {ring.dtype} {ring.shape}")
+    return ring
+
+
+def adam_count_gpu(corr, beta1=0.9, beta2=0.999):
+    """corr (3,) float64 device array [t, c1, c2]: t += 1 and the bias corrections
+    of step t (corr = 0 before the first step)."""
+    if corr.shape != (3,) or corr.dtype != np.float64:
+        raise ValueError(f"adam corr: need a (3,) float64 device array, got {corr.dtype} {corr.shape}")
+    _one_thread("adam_count_kernel", (corr, np.float64(beta1), np.float64(beta2)))
+
+
+def adam_update_gpu_inplace(x, m, v, g, lr, corr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """adam_update_cpu in place on x, m, v (float32), with t and the bias
+    corrections read from the device (corr after adam_count_gpu); returns x."""
     _same("adam", x, m, v, g)
-    c1, c2 = 1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t)
     f = cuda.f32
-    _elementwise("adam_kernel", x.size, (x, m, v, g, f(lr), f(beta1), f(beta2), f(c1), f(c2), f(eps)))
+    _elementwise("adam_kernel", x.size, (x, m, v, g, corr, f(lr), f(beta1), f(beta2), f(eps)))
     return x
 
 
-def dot_gpu(a, b, out, partial=None):
-    """out[0] = Σ a·b in float64 (two deterministic stages); out: float64 (1,) view."""
-    _same("dot", a, b)
+def dot_gpu(a, b, out, partial=None, ring=None, ja=0, jb=-1):
+    """out[0] = Σ a·b in float64 (two deterministic stages); out: float64 (1,) view.
+    With `ring` (lbfgs_advance_gpu's), a is an (m, n) ring and its position ja is
+    used (position jb of b too, when jb >= 0); without, a and b are whole arrays."""
     _slot(out, "dot out")
     xp = get_array_module(a)
-    n = a.size
+    if ring is None:
+        _same("dot", a, b)
+        m, n = 1, a.size
+        ring = xp.zeros(2, np.int32)
+    else:
+        m, n = a.shape[0], a[0].size
+        _same("dot", a[0], b[0] if jb >= 0 else b)
     nb, t = cuda.reduce_grid(n), cuda.config["reduce_threads"]
     partial = cuda.work_view(xp, partial, (cuda.config["reduce_blocks"],), np.float64, "partial")
-    cuda.launch(_kernel("dot_partial_kernel"), nb, t, (partial, a, b, cuda.i32(n)))
+    cuda.launch(_kernel("dot_partial_kernel"), nb, t,
+                (partial, a, b, _ring(ring), cuda.i32(ja), cuda.i32(jb), cuda.i32(m), cuda.i32(n)))
     cuda.launch(cuda.get_kernel("update", "reduce_partials_kernel", cuda.reduce_defines()), 1, t,
                 (out, partial, cuda.i32(nb)))
     return out
 
 
-def lbfgs_diff_gpu(s, y, x, x_prev, g, g_prev):
-    """s = x − x_prev, y = g − g_prev (into the history slot's rows)."""
-    _same("lbfgs diff", s, y, x, x_prev, g, g_prev)
-    _elementwise("lbfgs_diff_kernel", s.size, (s, y, x, x_prev, g, g_prev))
+def lbfgs_advance_gpu(ring, m):
+    """ring = [steps, head]: head moves on (after the first step), steps += 1."""
+    _one_thread("lbfgs_advance_kernel", (_ring(ring), cuda.i32(m)))
 
 
-def lbfgs_pair_gpu(rho, gamma, sy, yy):
-    """lbfgs_pair_cpu on device scalars: rho (the pair's slot) and gamma written."""
-    for a, w in ((rho, "rho"), (gamma, "gamma"), (sy, "sy"), (yy, "yy")):
+def lbfgs_diff_gpu(S, Y, x_prev, g_prev, q, x, g, ring):
+    """The newest pair S, Y[slot(m-1)] = x − x_prev, g − g_prev (from the second
+    step on); then x_prev = x, g_prev = g, q = g."""
+    _same("lbfgs diff", S[0], Y[0], x_prev, g_prev, q, x, g)
+    _elementwise("lbfgs_diff_kernel", x.size,
+                 (S, Y, x_prev, g_prev, q, x, g, _ring(ring), cuda.i32(S.shape[0])))
+
+
+def lbfgs_pair_gpu(rho, gamma, sy, yy, ring):
+    """lbfgs_pair_cpu on device scalars (from the second step on): rho of the
+    newest slot and gamma written."""
+    for a, w in ((gamma, "gamma"), (sy, "sy"), (yy, "yy")):
         _slot(a, w)
-    _one_thread("lbfgs_pair_kernel", (rho, gamma, sy, yy))
+    _one_thread("lbfgs_pair_kernel", (rho, gamma, sy, yy, _ring(ring), cuda.i32(rho.size)))
 
 
-def lbfgs_init_gpu(gamma, sqsum, step_size, n):
-    """gamma = step_size/(std + 1e-8), std = sqrt(sqsum/n) (population)."""
+def lbfgs_init_gpu(gamma, sqsum, step_size, n, ring):
+    """On the first step only: gamma = step_size/(std + 1e-8), std = sqrt(sqsum/n)."""
     _slot(gamma, "gamma")
     _slot(sqsum, "sqsum")
-    _one_thread("lbfgs_init_kernel", (gamma, sqsum, cuda.f32(step_size), cuda.i32(n)))
+    _one_thread("lbfgs_init_kernel", (gamma, sqsum, _ring(ring), cuda.f32(step_size), cuda.i32(n)))
 
 
-def lbfgs_first_loop_gpu(q, alpha, y, rho, sq):
-    """a = rho·sq;  q −= a·y;  alpha = a."""
-    _same("lbfgs first loop", q, y)
-    _elementwise("lbfgs_first_loop_kernel", q.size, (q, _slot(alpha, "alpha"), y,
-                                                      _slot(rho, "rho"), _slot(sq, "sq")))
+def lbfgs_first_loop_gpu(q, alpha, Y, rho, sq, ring, j):
+    """k = slot(j): a = rho[k]·sq;  q −= a·Y[k];  alpha[k] = a."""
+    _same("lbfgs first loop", q, Y[0])
+    _elementwise("lbfgs_first_loop_kernel", q.size,
+                 (q, alpha, Y, rho, _slot(sq, "sq"), _ring(ring), cuda.i32(j), cuda.i32(Y.shape[0])))
 
 
 def lbfgs_scale_gpu(q, gamma):
@@ -160,11 +192,11 @@ def lbfgs_scale_gpu(q, gamma):
     _elementwise("lbfgs_scale_kernel", q.size, (q, _slot(gamma, "gamma")))
 
 
-def lbfgs_second_loop_gpu(r, s, rho, alpha, yr):
-    """r += (alpha − rho·yr)·s."""
-    _same("lbfgs second loop", r, s)
+def lbfgs_second_loop_gpu(r, S, rho, alpha, yr, ring, j):
+    """k = slot(j): r += (alpha[k] − rho[k]·yr)·S[k]."""
+    _same("lbfgs second loop", r, S[0])
     _elementwise("lbfgs_second_loop_kernel", r.size,
-                 (r, s, _slot(rho, "rho"), _slot(alpha, "alpha"), _slot(yr, "yr")))
+                 (r, S, rho, alpha, _slot(yr, "yr"), _ring(ring), cuda.i32(j), cuda.i32(S.shape[0])))
 
 
 def descend_clip_gpu_inplace(x, d):

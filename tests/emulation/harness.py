@@ -20,6 +20,7 @@ refused unless all are const.
     emu = Emulator()
     emu.launch(kernel, grid, block, args)      # kernel from cpstyle.cuda.get_kernel
     with emu.installed(): ...                  # route cpstyle.cuda.launch here
+    graph = emu.capture(fn); graph.launch()    # CUDA-graph capture (capture.py)
 """
 import contextlib
 import ctypes
@@ -46,7 +47,8 @@ CXXFLAGS = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wext
             "-fsanitize-undefined-trap-on-error", "-fvisibility=hidden"]
 
 # Small launch shapes for the emulation: the wrappers read these from cpstyle.cuda.config.
-EMU_CONFIG = {"block": 32, "reduce_threads": 32, "reduce_blocks": 5}
+EMU_CONFIG = {"block": 32, "reduce_threads": 32, "reduce_blocks": 5,
+              "gram_tile": 8, "gram_micro": 2, "gram_k": 4, "gram_blocks": 6}
 
 GUARD = 17  # elements of guard band on each side of every array argument
 ALIGN = 256  # bytes: where each array argument's data starts, as cudaMalloc's
@@ -121,6 +123,7 @@ class Emulator:
         self.config = dict(EMU_CONFIG if config is None else config)
         self._modules = {}
         self.launched = []  # kernel names, in launch order
+        self.capturing = None  # a capture.Capture while cpstyle.cuda.capture records
 
     def module(self, module, defines, source=None):
         key = (module, frozenset((defines or {}).items()), source)
@@ -133,7 +136,10 @@ class Emulator:
 
     def launch(self, kernel, grid, block, args):
         """`kernel` from cpstyle.cuda.get_kernel (or a SourceKernel); arrays are
-        NumPy. Checks the arguments like cpstyle.cuda.launch does."""
+        NumPy. Checks the arguments like cpstyle.cuda.launch does. During a
+        capture: recorded, not run (tests/emulation/capture.py)."""
+        if self.capturing is not None:
+            return self.capturing.record(kernel, grid, block, args)
         grid, block = cuda._dim3(grid), cuda._dim3(block)
         cuda.check_args(kernel, args)
         mod = self.module(kernel.module, kernel.defines, getattr(kernel, "source", None))
@@ -177,6 +183,12 @@ class Emulator:
                 raise AssertionError(f"{kernel.name} (emulated): wrote to const {p!r}")
             if not p.const:
                 a.reshape(-1)[...] = g[GUARD:GUARD + a.size]
+
+    def capture(self, fn):
+        """cpstyle.cuda.capture's NumPy side: fn()'s launches recorded, with what
+        real capture refuses refused -> a graph whose launch() replays them."""
+        from .capture import capture
+        return capture(self, fn)
 
     @contextlib.contextmanager
     def installed(self):
