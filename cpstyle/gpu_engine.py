@@ -110,7 +110,9 @@ class GpuStyleTransfer:
         """`optimizer`: a name ('gd', 'adam', 'lbfgs'; default settings) or the
         Settings of cpstyle.optimizers.check_optimizer. `style`: one image or a
         list (blended with style_blend_weights). `conv`: CONVS (check_conv).
-        `capture`: replay one CUDA graph per iteration (check_capture)."""
+        `capture`: replay one CUDA graph per iteration (check_capture); where it
+        may (True, or 'auto' on igemm) the Grams run on our kernels, else on
+        cupy.matmul, fixed here (setting .capture later does not move them)."""
         # A CPU model runs this same engine with NumPy arrays through the kernel
         # emulator (tests/emulation): the CI check of the on-device driver.
         cp = model.xp
@@ -220,10 +222,15 @@ class GpuStyleTransfer:
             self.content.append((i, p, cp.empty_like(p), a_l / p.size, 2.0 * a_l / p.size))
         self.style = []     # (id, target, G, dG, dF, norm, mse scale, grad k); dF: a view
                             # into the backward's ping-pong buffers (see _style_grad_view)
-        from .ops.gram import gram_work_size
-        gram_floats = [gram_work_size(a.shape[1] * a.shape[2], a.shape[3])
-                       for a in (self.acts[i] for i in self.style_ids)]
-        self.gram_work = cp.empty(max(gram_floats, default=1), f32)  # split-K partials, shared
+        # The Grams on our kernels (kernels/gram.cu) where run() may capture, on
+        # cupy.matmul (cuBLAS, the measured form) elsewhere: ops/gram.py
+        self.gram_gemm = "kernel" if self._may_capture() else "matmul"
+        self.gram_work = None
+        if self.gram_gemm == "kernel":
+            from .ops.gram import gram_work_size
+            gram_floats = [gram_work_size(a.shape[1] * a.shape[2], a.shape[3])
+                           for a in (self.acts[i] for i in self.style_ids)]
+            self.gram_work = cp.empty(max(gram_floats, default=1), f32)  # split-K partials
         for i, b_l in zip(self.style_ids, ref.style_layer_weights):
             a = ref.style_targets[i]
             c = a.shape[-1]
@@ -303,7 +310,8 @@ class GpuStyleTransfer:
             mse_sum_gpu(self.acts[i], p, self.losses[0:1], scale, accumulate=k > 0,
                         partial=self.partial)
         for k, (i, a, g, _, _, norm, scale, _) in enumerate(self.style):
-            gram_forward_gpu(self.acts[i], norm, out=g, work=self.gram_work)
+            gram_forward_gpu(self.acts[i], norm, out=g, work=self.gram_work,
+                             gemm=self.gram_gemm)
             mse_sum_gpu(g, a, self.losses[1:2], scale, accumulate=k > 0, partial=self.partial)
         denoise_sum_gpu(self.x, self.losses[2:3], partial=self.partial)
         if not self.constant_weights:
@@ -333,10 +341,17 @@ class GpuStyleTransfer:
             if i in style_dg:
                 dg, df = style_dg[i]
                 f = self.acts[i].reshape(-1, dg.shape[-1])
-                if dh is None:
-                    dh = df
-                gram_backward_accumulate_gpu(dh.reshape(f.shape), f, dg[0],
-                                             accumulate=dh is not df)
+                if self.gram_gemm == "kernel":  # F·dG added into dh by the kernel
+                    if dh is None:
+                        dh = df
+                    gram_backward_accumulate_gpu(dh.reshape(f.shape), f, dg[0],
+                                                 accumulate=dh is not df)
+                else:  # cuBLAS into df (the buffer the conv writes next), then added
+                    cp.matmul(f, dg[0], out=df.reshape(f.shape))
+                    if dh is None:
+                        dh = df
+                    else:
+                        dh += df
                 self._mark(f"gram backward {i}")
             if self.igemm[i][1]:
                 dh = conv_backward_igemm(dh, (m.kernels[i], self.acts[i]), m.kernels_flipped[i],
@@ -397,12 +412,16 @@ class GpuStyleTransfer:
                 raise Interrupted(to_host(self.x[0]), it) from None
         return self.x[0].copy()
 
+    def _may_capture(self):
+        """capture=True, or 'auto' with every conv on igemm."""
+        if self.capture is False:
+            return False
+        return self.capture is True or all(f and b for f, b in self.igemm)
+
     def wants_capture(self):
         """Will run() capture? capture=True: yes; 'auto': where every conv is
         igemm (and no per-stage marks are wanted: they are events between launches)."""
-        if self.marks is not None or self.capture is False:
-            return False
-        return self.capture is True or all(f and b for f, b in self.igemm)
+        return self.marks is None and self._may_capture()
 
     def _capture(self):
         """One iteration as a graph (cpstyle.cuda.capture; nothing runs), or None

@@ -682,8 +682,12 @@ def estimate_gpu_engine(content_hw, content_layer_ids, style_layer_ids, optimize
       content      target, gradient                    2·P_c·C_c each
       style        target, G, dG                       3·C_s² each
       scalars      losses, adj, coef, weights; the partial sums (4096 float64)
-      optimiser    gd: the update's reduction; adam: m, v; lbfgs: S, Y (history),
-                   x_prev, g_prev, q, its float64 scalars and reductions"""
+      Grams        igemm (where the engine captures, so the Grams run on
+                   kernels/gram.cu): the split-K partials, max over the style
+                   layers of gram_work_size(P_s, C_s) (cpstyle.cuda.config's tiles)
+      optimiser    gd: the update's reduction; adam: m, v, [t, c1, c2] (float64);
+                   lbfgs: S, Y (history), x_prev, g_prev, q, its float64 scalars
+                   and reductions, the ring's [steps, head] (int32)"""
     cids, sids = sorted(set(content_layer_ids)), sorted(set(style_layer_ids))
     top = max(cids + sids)
     h, w = content_hw
@@ -691,7 +695,7 @@ def estimate_gpu_engine(content_hw, content_layer_ids, style_layer_ids, optimize
     walk = _walk((h, w), top, channels)
     f = 5 * p3 + 12 + split_work
     u8 = 0
-    pingpong, cols, act_max = 0, 0, 0
+    pingpong, cols, act_max, gram = 0, 0, 0, [1]
     for i, hh, ww, cin, cout, pooled in walk:
         px = hh * ww
         f += px * cout
@@ -706,17 +710,27 @@ def estimate_gpu_engine(content_hw, content_layer_ids, style_layer_ids, optimize
             f += 2 * px * cout
         if i in sids:
             f += 3 * cout * cout
+            gram.append(_gram_work(px, cout))
     f += 2 * pingpong
     if conv == "im2col":
         f += cols + act_max
+    else:
+        f += max(gram)
     f64 = 4096
     if optimizer == "gd":
         f64 += reduce_blocks + 2
     elif optimizer == "adam":
         f += 2 * p3
+        f64 += 3
     elif optimizer == "lbfgs":
         f += (2 * history + 3) * p3
         f64 += (2 * history + 4) + reduce_blocks + (reduce_blocks + 2)
+        u8 += 2 * 4
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}")
     return F32 * f + u8 + 8 * f64
+
+
+def _gram_work(px, c):
+    from .ops.gram import gram_work_size
+    return gram_work_size(px, c)

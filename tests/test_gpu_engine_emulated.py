@@ -265,7 +265,8 @@ def test_replayed_iterations_equal_uncaptured_ones(name, emulator, rng, monkeypa
     seen = {}
     with emulator.installed(), warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed capture would warn and fall back
-        eng = _capture_engine(model, content, style, opts, capture=False)
+        # made with capture=True: the Grams on our kernels in both runs (fixed here)
+        eng = _capture_engine(model, content, style, opts, capture=True)
         for capture in (False, True):
             eng.capture = capture
             seen[capture] = []
@@ -295,12 +296,19 @@ def test_capture_falls_back_with_one_warning(emulator, rng, monkeypatch):
     with emulator.installed():
         auto = GpuStyleTransfer(*args, conv="im2col")
         assert auto.capture == "auto" and not auto.wants_capture()
-        want = auto.run(x0, 3)
-        eng = GpuStyleTransfer(*args, conv="im2col", capture=True)
+        assert auto.gram_gemm == "matmul" and auto.gram_work is None  # cuBLAS, as measured
+        eng = GpuStyleTransfer(*args, conv="im2col", capture=True)  # Grams on our kernels
+        eng.capture = False
+        want = eng.run(x0, 3)
+        eng.capture = True
         with pytest.warns(RuntimeWarning, match="capture failed.*matmul") as w:
             got = eng.run(x0, 3)
     assert len(w) == 1 and eng.graph is None
     np.testing.assert_array_equal(got, want)
+    # where the engine may capture, the Grams are on our kernels; off, on cuBLAS
+    with emulator.installed():
+        assert GpuStyleTransfer(*args, conv="igemm").gram_gemm == "kernel"
+        assert GpuStyleTransfer(*args, conv="igemm", capture=False).gram_gemm == "matmul"
 
 
 def test_capture_switch(monkeypatch):
@@ -388,7 +396,9 @@ def test_capture_check_sees_a_host_counter(emulator, rng, monkeypatch):
     out = {}
     with emulator.installed():
         for capture in (False, True):
-            eng = _capture_engine(model, content, style, {"optimizer": "gd"}, capture)
+            # both made to capture (the Grams on our kernels), one run without
+            eng = _capture_engine(model, content, style, {"optimizer": "gd"}, True)
+            eng.capture = capture
             out[capture] = eng.run(x0, 4)
     assert eng.graph is not None
     assert not np.array_equal(out[True], out[False])
@@ -411,7 +421,8 @@ def test_multiscale_captures_one_graph_per_scale(emulator, rng, monkeypatch):
             x, graphs = cpstyle.driver.initial_image(sizes[0] + (3,), 2), []
             for hw in sizes:
                 eng = GpuStyleTransfer(model, _resized(content, hw), style, [4], [0, 4], 1.5,
-                                       10.0, 0.3, conv="igemm", capture=capture)
+                                       10.0, 0.3, conv="igemm", capture=True)
+                eng.capture = capture  # both with the Grams on our kernels
                 x = eng.run(_resized(x, hw), 3)
                 graphs.append(eng.graph)
             out[capture] = x

@@ -44,3 +44,13 @@ def test_gram_gpu_grids_fit_cuda_limits(monkeypatch):
     gram.gram_backward_accumulate_gpu(big, big, np.zeros((c, c), np.float32))
     assert grids == [(hw // cuda.config["gram_tile"], 1, 1)]
     assert gram.gram_splits(hw, c) <= cuda.config["gram_blocks"] <= 65535
+
+
+def test_gram_gemm_names_are_checked():
+    from cpstyle.ops import gram
+    x = np.zeros((1, 2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="unknown gram gemm 'cublas'"):
+        gram.gram_forward_gpu(x, gemm="cublas")
+    with pytest.raises(ValueError, match="unknown gram gemm"):
+        gram.gram_backward_gpu(np.zeros((1, 4, 4), np.float32), (x.reshape(1, 6, 4), x.shape, 1.0),
+                               gemm="")

@@ -8,7 +8,12 @@ On the GPU the products are our kernels (kernels/gram.cu): the forward splits th
 long HW sum over blocks into a fixed partial buffer (splits, C, C) and adds the
 slices in a fixed order (deterministic, no atomics); the backward is a tiled
 F·dG that can add into the gradient already there. No cuBLAS, so CUDA-graph
-capture takes both (DESIGN.md §6); the loss epilogue is in kernels/loss.cu.
+capture takes both (DESIGN.md §6). `gemm="matmul"` keeps CuPy's cuBLAS
+(cupy.matmul), the form the last GPU measurements ran: the GPU engine takes our
+kernels only where it captures (the igemm convolutions), and the dispatchers
+(the targets' forward) keep matmul, until a GPU run (bench.capture: ours against
+cupy.matmul per shape) shows the kernels as fast. The loss epilogue is in
+kernels/loss.cu.
 Tests: tests/test_gram.py, tests/test_kernels_emulated.py, tests/test_kernels_gpu.py."""
 import numpy as np
 
@@ -131,14 +136,30 @@ def gram_work_size(hw, c):
     return gram_splits(hw, c) * c * c
 
 
-def gram_forward_gpu(x, norm=1.0, out=None, work=None):
+GEMMS = ("kernel", "matmul")
+
+
+def _check_gemm(gemm):
+    if gemm not in GEMMS:
+        raise ValueError(f"unknown gram gemm {gemm!r}: use one of {GEMMS}")
+
+
+def gram_forward_gpu(x, norm=1.0, out=None, work=None, gemm="kernel"):
     """x (N, H, W, C) float32 -> G (N, C, C) = Fᵀ·F·norm, cache (F, x.shape, norm).
-    `work`: a float32 buffer of at least gram_work_size(H·W, C) (made when None)."""
+    `work`: a float32 buffer of at least gram_work_size(H·W, C) (made when None;
+    the kernels only). `gemm`: GEMMS."""
+    _check_gemm(gemm)
     xp = get_array_module(x)
     n, h, w, c = x.shape
     hw = h * w
     f = x.reshape(n, hw, c)
     g = cuda.out_array(xp, out, (n, c, c))
+    if gemm == "matmul":
+        for k in range(n):  # 2-D GEMMs: the transpose goes to cuBLAS as a flag, no copy
+            xp.matmul(f[k].T, f[k], out=g[k])
+        if norm != 1.0:
+            g *= np.float32(norm)
+        return g, (f, tuple(x.shape), norm)
     splits = gram_splits(hw, c)
     part = cuda.work_view(xp, work, (splits, c, c), what="gram work")
     chunk = cuda.ceil_div(hw, splits)
@@ -165,9 +186,10 @@ def gram_backward_accumulate_gpu(dh, f, dg, accumulate=True):
     return dh
 
 
-def gram_backward_gpu(dg, cache, out=None, sym=None):
+def gram_backward_gpu(dg, cache, out=None, sym=None, gemm="kernel"):
     """dG (N, C, C) -> dx (N, H, W, C) = norm·F·(dG + dGᵀ). `sym`: (N, C, C)
-    float32 work buffer for norm·(dG + dGᵀ)."""
+    float32 work buffer for norm·(dG + dGᵀ). `gemm`: GEMMS."""
+    _check_gemm(gemm)
     xp = get_array_module(dg)
     f, shape, norm = cache
     n, hw, c = f.shape
@@ -180,17 +202,20 @@ def gram_backward_gpu(dg, cache, out=None, sym=None):
     dx = cuda.out_array(xp, out, shape)
     dx3 = dx.reshape(n, hw, c)
     for k in range(n):
-        gram_backward_accumulate_gpu(dx3[k], f[k], sym[k], accumulate=False)
+        if gemm == "matmul":
+            xp.matmul(f[k], sym[k], out=dx3[k])
+        else:
+            gram_backward_accumulate_gpu(dx3[k], f[k], sym[k], accumulate=False)
     return dx
 
 
 def gram_forward(x, norm=1.0):
     if is_gpu_array(x) and x.dtype == np.float32:
-        return gram_forward_gpu(x, norm)
+        return gram_forward_gpu(x, norm, gemm="matmul")
     return gram_forward_cpu(x, norm)
 
 
 def gram_backward(dg, cache):
     if is_gpu_array(dg) and dg.dtype == np.float32 and cache[0].dtype == np.float32:
-        return gram_backward_gpu(dg, cache)
+        return gram_backward_gpu(dg, cache, gemm="matmul")
     return gram_backward_cpu(dg, cache)
