@@ -21,15 +21,9 @@
 #
 #   CPSTYLE_COMMIT=$(git rev-parse HEAD) bash bench/device_check.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results}
-mkdir -p "$OUT"
-export CPSTYLE_WEIGHTS=${CPSTYLE_WEIGHTS:-$PWD/weights/vgg16.h5}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-export CPSTYLE_COMMIT=${CPSTYLE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+# shellcheck source=bench/device_env.sh
+source "$(dirname "$0")/device_env.sh"
 unset CPSTYLE_CONV
-PY=${PYTHON:-python3}
 
 step() {  # step NAME TIMEOUT COMMAND...: run it, say how long it took and how it ended
     local name=$1 limit=$2 start rc

@@ -16,14 +16,8 @@
 # there: about 3 s a picture for the anchor's 300 L-BFGS iterations at 512 px
 # is an estimate); QUALITY_TIMEOUT (default 300 s) bounds it.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results}
-mkdir -p "$OUT"
-export CPSTYLE_WEIGHTS=${CPSTYLE_WEIGHTS:-$PWD/weights/vgg16.h5}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-export CPSTYLE_COMMIT=${CPSTYLE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
-PY=${PYTHON:-python3}
+# shellcheck source=bench/device_env.sh
+source "$(dirname "$0")/device_env.sh"
 WORK=${TMPDIR:-/tmp}/cpstyle-quality-gpu
 
 main() {
